@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+
+#include "agent_config.h"
+#include "bpf/abi/tsfarm_abi.h"
+#include "tsfarm/config.h"
+#include "tsfarm/macro.h"
+#include "tsfarm/userkey.h"
+
+static const char *const role_names[_TSAGENT_ROLE_MAX] = {
+        [TSAGENT_ROLE_HOST] = "host",
+        [TSAGENT_ROLE_DIRECTORY] = "directory",
+        [TSAGENT_ROLE_LICENSING] = "licensing",
+};
+
+const char *tsagent_role_to_string(enum tsagent_role r) {
+        return r < _TSAGENT_ROLE_MAX ? role_names[r] : NULL;
+}
+
+int tsagent_role_from_string(const char *s) {
+        for (size_t i = 0; i < ELEMENTSOF(role_names); i++)
+                if (strcmp(s, role_names[i]) == 0)
+                        return (int)i;
+        return -EINVAL;
+}
+
+#define OFF(field) offsetof(struct tsagent_config, field)
+
+static const struct tsf_config_item agent_items[] = {
+        {"agent", "roles", tsf_config_parse_strv, OFF(roles_raw), 0, 0},
+        {"agent", "node-name", tsf_config_parse_string, OFF(node_name), 0, 0},
+        {"agent", "log-level", tsf_config_parse_log_level, OFF(log_level), 0, 0},
+        {"agent", "state-directory", tsf_config_parse_path, OFF(state_directory), 0, 0},
+        {"agent", "runtime-directory", tsf_config_parse_path, OFF(runtime_directory), 0, 0},
+        {"host", "rdp-port", tsf_config_parse_port, OFF(host.rdp_port), 0, 0},
+        {"host", "local-backend", tsf_config_parse_endpoint, OFF(host.local_backend), 0, 0},
+        {"host", "backend-source", tsf_config_parse_ipv4, OFF(host.backend_source), 0, 0},
+        {"host", "gateway-listen", tsf_config_parse_endpoint, OFF(host.gateway_listen), 0, 0},
+        {"host", "first-pdu-timeout", tsf_config_parse_duration, OFF(host.first_pdu_timeout),
+         10 * USEC_PER_MSEC, 5 * USEC_PER_MINUTE},
+        {"host", "connect-timeout", tsf_config_parse_duration, OFF(host.connect_timeout), 10 * USEC_PER_MSEC,
+         5 * USEC_PER_MINUTE},
+        {"host", "idle-timeout", tsf_config_parse_duration, OFF(host.idle_timeout), 0, 0},
+        {"host", "affinity-ttl", tsf_config_parse_duration, OFF(host.affinity_ttl), 0, 7 * USEC_PER_DAY},
+        {"host", "relay-buffer", tsf_config_parse_size, OFF(host.relay_buffer), 4096, 64 << 20},
+        {"host", "max-connections", tsf_config_parse_uint, OFF(host.max_connections), 1, 1000000},
+        {"host", "session-limit", tsf_config_parse_uint, OFF(host.session_limit), 0, 0},
+        {"host", "drain", tsf_config_parse_bool, OFF(host.drain), 0, 0},
+        {"host", "pin-root", tsf_config_parse_path, OFF(host.pin_root), 0, 0},
+        {"host", "cgroup", tsf_config_parse_path, OFF(host.cgroup), 0, 0},
+};
+
+const struct host_node_config *host_config_find_node(const struct host_config *h, const char *name) {
+        for (size_t i = 0; i < h->n_nodes; i++)
+                if (strcmp(h->nodes[i].name, name) == 0)
+                        return &h->nodes[i];
+        return NULL;
+}
+
+static struct host_node_config *node_get(struct host_config *h, const char *name) {
+        struct host_node_config *grown;
+
+        for (size_t i = 0; i < h->n_nodes; i++)
+                if (strcmp(h->nodes[i].name, name) == 0)
+                        return &h->nodes[i];
+        if (h->n_nodes >= TSF_NODES_MAX)
+                return NULL;
+        grown = realloc(h->nodes, (h->n_nodes + 1) * sizeof(*grown));
+        if (!grown)
+                return NULL;
+        h->nodes = grown;
+        grown[h->n_nodes] = (struct host_node_config){.weight = 100};
+        grown[h->n_nodes].name = strdup(name);
+        if (!grown[h->n_nodes].name)
+                return NULL;
+        return &grown[h->n_nodes++];
+}
+
+static int parse_node_key(struct host_node_config *n, const char *key, const char *value, char *err,
+                          size_t err_size) {
+        uint64_t v;
+
+        if (strcmp(key, "id") == 0) {
+                if (tsf_parse_u64(value, &v) < 0 || v == TSF_NODE_ID_NONE || v > UINT32_MAX) {
+                        snprintf(err, err_size, "'%s' is not a node id in 1..%u", value, UINT32_MAX);
+                        return -EINVAL;
+                }
+                n->id = (uint32_t)v;
+        } else if (strcmp(key, "address") == 0) {
+                char buf[256];
+                char *save = NULL;
+
+                snprintf(buf, sizeof(buf), "%s", value);
+                for (char *w = strtok_r(buf, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
+                        struct in_addr a;
+
+                        if (inet_pton(AF_INET, w, &a) != 1) {
+                                snprintf(err, err_size, "'%s' is not an IPv4 address", w);
+                                return -EINVAL;
+                        }
+                        if (n->n_addrs >= HOST_NODE_ADDRS_MAX) {
+                                snprintf(err, err_size, "more than %d addresses", HOST_NODE_ADDRS_MAX);
+                                return -E2BIG;
+                        }
+                        n->addrs[n->n_addrs++] = a.s_addr;
+                }
+        } else if (strcmp(key, "rdp-port") == 0) {
+                if (tsf_parse_u64(value, &v) < 0 || v == 0 || v > UINT16_MAX) {
+                        snprintf(err, err_size, "'%s' is not a number in 1..65535", value);
+                        return -EINVAL;
+                }
+                n->rdp_port = (uint16_t)v;
+        } else if (strcmp(key, "weight") == 0) {
+                if (tsf_parse_u64(value, &v) < 0 || v == 0 || v > 1000000) {
+                        snprintf(err, err_size, "'%s' is not a weight in 1..1000000", value);
+                        return -EINVAL;
+                }
+                n->weight = (uint32_t)v;
+        } else if (strcmp(key, "drain") == 0) {
+                int b = tsf_parse_boolean(value);
+                if (b < 0) {
+                        snprintf(err, err_size, "'%s' is not a boolean", value);
+                        return -EINVAL;
+                }
+                n->draining = b;
+        } else {
+                snprintf(err, err_size, "unknown key (a node has id, address, rdp-port, weight, drain)");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+/* "[node NAME]" sections and the "[sessions]" USER = NODE table: names are
+ * data, so no fixed table can list them. */
+static int config_fallback(void *data, const char *section, const char *key, const char *value, char *err,
+                           size_t err_size) {
+        struct tsagent_config *c = data;
+        struct host_config *h = &c->host;
+
+        if (strncmp(section, "node ", 5) == 0 && section[5]) {
+                struct host_node_config *n = node_get(h, section + 5);
+
+                if (!n) {
+                        snprintf(err, err_size, "too many nodes (at most %d)", TSF_NODES_MAX);
+                        return -E2BIG;
+                }
+                return parse_node_key(n, key, value, err, err_size);
+        }
+        if (strcmp(section, "sessions") == 0) {
+                struct host_session_config *grown;
+                struct tsf_userkey uk;
+
+                if (tsf_userkey_parse(key, strlen(key), &uk) < 0) {
+                        snprintf(err, err_size, "'%s' is not a user name", key);
+                        return -EINVAL;
+                }
+                for (size_t i = 0; i < h->n_sessions; i++)
+                        if (strcmp(h->sessions[i].user, tsf_userkey_index(&uk)) == 0) {
+                                snprintf(err, err_size, "user '%s' listed twice", tsf_userkey_index(&uk));
+                                return -EINVAL;
+                        }
+                grown = realloc(h->sessions, (h->n_sessions + 1) * sizeof(*grown));
+                if (!grown)
+                        return -ENOMEM;
+                h->sessions = grown;
+                grown[h->n_sessions].user = strdup(tsf_userkey_index(&uk));
+                grown[h->n_sessions].node = strdup(value);
+                h->n_sessions++;
+                if (!grown[h->n_sessions - 1].user || !grown[h->n_sessions - 1].node)
+                        return -ENOMEM;
+                return 0;
+        }
+        return -ENOENT;
+}
+
+/* Cross-checks that no single key can make: unique ids and addresses,
+ * sessions naming known nodes, this node present when it hosts. */
+static int host_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
+        struct host_config *h = &c->host;
+
+        for (size_t i = 0; i < h->n_nodes; i++) {
+                struct host_node_config *n = &h->nodes[i];
+
+                if (n->id == TSF_NODE_ID_NONE) {
+                        snprintf(err, err_size, "%s: [node %s] has no id", c->path, n->name);
+                        return -EINVAL;
+                }
+                if (n->n_addrs == 0) {
+                        snprintf(err, err_size, "%s: [node %s] has no address", c->path, n->name);
+                        return -EINVAL;
+                }
+                if (n->rdp_port == 0)
+                        n->rdp_port = h->rdp_port;
+                for (size_t j = 0; j < i; j++) {
+                        if (h->nodes[j].id == n->id) {
+                                snprintf(err, err_size, "%s: [node %s] and [node %s] share id %u", c->path,
+                                         h->nodes[j].name, n->name, n->id);
+                                return -EINVAL;
+                        }
+                        for (size_t a = 0; a < n->n_addrs; a++)
+                                for (size_t b = 0; b < h->nodes[j].n_addrs; b++)
+                                        if (n->addrs[a] == h->nodes[j].addrs[b]) {
+                                                char ip[INET_ADDRSTRLEN];
+                                                inet_ntop(AF_INET, &n->addrs[a], ip, sizeof(ip));
+                                                snprintf(err, err_size,
+                                                         "%s: [node %s] and [node %s] share address %s",
+                                                         c->path, h->nodes[j].name, n->name, ip);
+                                                return -EINVAL;
+                                        }
+                }
+        }
+        for (size_t i = 0; i < h->n_sessions; i++)
+                if (!host_config_find_node(h, h->sessions[i].node)) {
+                        snprintf(err, err_size, "%s: [sessions] %s: no [node %s] section", c->path,
+                                 h->sessions[i].user, h->sessions[i].node);
+                        return -EINVAL;
+                }
+        if (c->roles[TSAGENT_ROLE_HOST] && !host_config_find_node(h, c->node_name)) {
+                snprintf(err, err_size,
+                         "%s: the host role needs a [node %s] section for this node (node-name)", c->path,
+                         c->node_name);
+                return -EINVAL;
+        }
+        if (h->local_backend.sin_port == 0)
+                h->local_backend.sin_port = htons(h->rdp_port);
+        return 0;
+}
+
+static const struct tsf_config_spec agent_spec = {
+        .items = agent_items,
+        .n_items = ELEMENTSOF(agent_items),
+        .fallback = config_fallback,
+};
+
+static void host_config_defaults(struct host_config *h) {
+        h->rdp_port = TSF_RDP_PORT_DEFAULT;
+        h->local_backend =
+                (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        h->backend_source.s_addr = htonl(INADDR_LOOPBACK);
+        h->gateway_listen =
+                (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        h->first_pdu_timeout = 5 * USEC_PER_SEC;
+        h->connect_timeout = 5 * USEC_PER_SEC;
+        h->idle_timeout = 0;
+        h->affinity_ttl = 10 * USEC_PER_MINUTE;
+        h->relay_buffer = 256 * 1024;
+        h->max_connections = 10000;
+}
+
+static void host_config_done(struct host_config *h) {
+        for (size_t i = 0; i < h->n_nodes; i++)
+                free(h->nodes[i].name);
+        free(h->nodes);
+        for (size_t i = 0; i < h->n_sessions; i++) {
+                free(h->sessions[i].user);
+                free(h->sessions[i].node);
+        }
+        free(h->sessions);
+        free(h->pin_root);
+        free(h->cgroup);
+}
+
+void tsagent_config_free(struct tsagent_config *c) {
+        if (!c)
+                return;
+        free(c->path);
+        tsf_strv_free(c->roles_raw);
+        free(c->node_name);
+        free(c->state_directory);
+        free(c->runtime_directory);
+        host_config_done(&c->host);
+        free(c);
+}
+
+static int set_default(char **field, const char *value) {
+        if (*field)
+                return 0;
+        *field = strdup(value);
+        return *field ? 0 : -ENOMEM;
+}
+
+int tsagent_config_load(const char *path, struct tsagent_config **ret, char *err, size_t err_size) {
+        _cleanup_(tsagent_config_freep) struct tsagent_config *c = NULL;
+        char host[256];
+        int r;
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->log_level = LOG_INFO;
+        host_config_defaults(&c->host);
+        c->path = strdup(path);
+        if (!c->path)
+                return -ENOMEM;
+
+        r = tsf_config_load_file(path, &agent_spec, c, err, err_size);
+        if (r < 0)
+                return r;
+
+        for (char **role = c->roles_raw; role && *role; role++) {
+                int i = tsagent_role_from_string(*role);
+
+                if (i < 0) {
+                        snprintf(err, err_size,
+                                 "%s: [agent] roles: unknown role '%s' (host, directory, licensing)", path,
+                                 *role);
+                        return -EINVAL;
+                }
+                c->roles[i] = true;
+        }
+        if (!c->node_name) {
+                if (gethostname(host, sizeof(host)) < 0)
+                        return negative_errno();
+                host[sizeof(host) - 1] = '\0';
+                r = set_default(&c->node_name, host);
+                if (r < 0)
+                        return r;
+        }
+        r = set_default(&c->state_directory, "/var/lib/tsfarm");
+        if (r < 0)
+                return r;
+        r = set_default(&c->runtime_directory, "/run/tsfarm");
+        if (r < 0)
+                return r;
+        r = set_default(&c->host.pin_root, TSF_PIN_ROOT);
+        if (r < 0)
+                return r;
+        r = host_config_verify(c, err, err_size);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(c);
+        return 0;
+}

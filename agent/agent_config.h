@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* tsagent's configuration: what the [agent] section (and, as roles arrive,
+ * their sections) of /etc/tsfarm/tsagent.conf say. */
+#pragma once
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tsfarm/cleanup.h"
+#include "tsfarm/clock.h"
+
+#define TSAGENT_DEFAULT_CONFIG "/etc/tsfarm/tsagent.conf"
+
+enum tsagent_role {
+        TSAGENT_ROLE_HOST,
+        TSAGENT_ROLE_DIRECTORY,
+        TSAGENT_ROLE_LICENSING,
+        _TSAGENT_ROLE_MAX,
+};
+
+#define HOST_NODE_ADDRS_MAX 16
+
+/* [node NAME]: a farm node as the host role knows it until the directory
+ * tells it more. */
+struct host_node_config {
+        char *name;
+        uint32_t id;
+        uint32_t addrs[HOST_NODE_ADDRS_MAX]; /* network order */
+        size_t n_addrs;
+        uint16_t rdp_port;
+        uint32_t weight;
+        bool draining;
+};
+
+/* [sessions] USER = NODE: a disconnected session of USER on NODE. */
+struct host_session_config {
+        char *user; /* folded user key */
+        char *node;
+};
+
+struct host_config {
+        uint16_t rdp_port;
+        struct sockaddr_in local_backend;  /* the local RDP server */
+        struct in_addr backend_source;     /* our own connections come from here (bypassed by steer) */
+        struct sockaddr_in gateway_listen; /* the gateway socket; sk_lookup hands it connections */
+        usec_t first_pdu_timeout;
+        usec_t connect_timeout;
+        usec_t idle_timeout; /* 0: none */
+        usec_t affinity_ttl;
+        uint64_t relay_buffer;
+        uint32_t max_connections;
+        uint32_t session_limit; /* 0: none */
+        bool drain;
+        char *pin_root;
+        char *cgroup; /* NULL: the cgroup2 mount */
+
+        struct host_node_config *nodes;
+        size_t n_nodes;
+        struct host_session_config *sessions;
+        size_t n_sessions;
+};
+
+struct tsagent_config {
+        char *path; /* where it came from, for messages and reload */
+
+        /* [agent] */
+        char **roles_raw;
+        bool roles[_TSAGENT_ROLE_MAX];
+        char *node_name;
+        int log_level;
+        char *state_directory;
+        char *runtime_directory;
+
+        struct host_config host;
+};
+
+/* The [node NAME] entry for `name`, or NULL. */
+const struct host_node_config *host_config_find_node(const struct host_config *h, const char *name);
+
+const char *tsagent_role_to_string(enum tsagent_role r);
+int tsagent_role_from_string(const char *s);
+
+/* Loads `path` into a fresh config. On error returns a negative errno and
+ * fills err (it does not log: the caller decides how loud to be). */
+int tsagent_config_load(const char *path, struct tsagent_config **ret, char *err, size_t err_size);
+void tsagent_config_free(struct tsagent_config *c);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct tsagent_config *, tsagent_config_free);

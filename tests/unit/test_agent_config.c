@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+
+#include "agent/agent_config.h"
+#include "tsfarm/config.h"
+
+static char *write_conf(const char *text) {
+        static char path[64];
+        int fd;
+
+        strcpy(path, "/tmp/tsfarm-agent-conf-XXXXXX");
+        fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+        close(fd);
+        return path;
+}
+
+static void test_defaults(void **state) {
+        struct tsagent_config *c = NULL;
+        char err[TSF_CONFIG_ERROR_MAX] = "", *path = write_conf("");
+
+        assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), 0);
+        unlink(path);
+        assert_non_null(c);
+        assert_false(c->roles[TSAGENT_ROLE_HOST]);
+        assert_int_equal(c->log_level, LOG_INFO);
+        assert_string_equal(c->state_directory, "/var/lib/tsfarm");
+        assert_string_equal(c->runtime_directory, "/run/tsfarm");
+        assert_true(strlen(c->node_name) > 0);
+        tsagent_config_free(c);
+}
+
+static void test_roles_and_values(void **state) {
+        struct tsagent_config *c = NULL;
+        char err[TSF_CONFIG_ERROR_MAX] = "";
+        char *path = write_conf("[agent]\nroles = host licensing\nnode-name = ts1\nlog-level = debug\n"
+                                "state-directory = /srv/tsfarm\n[node ts1]\nid = 1\naddress = 10.0.0.1\n");
+
+        assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), 0);
+        unlink(path);
+        assert_true(c->roles[TSAGENT_ROLE_HOST]);
+        assert_false(c->roles[TSAGENT_ROLE_DIRECTORY]);
+        assert_true(c->roles[TSAGENT_ROLE_LICENSING]);
+        assert_string_equal(c->node_name, "ts1");
+        assert_int_equal(c->log_level, LOG_DEBUG);
+        assert_string_equal(c->state_directory, "/srv/tsfarm");
+        assert_string_equal(c->path, path);
+        tsagent_config_free(c);
+}
+
+static void test_bad_role(void **state) {
+        struct tsagent_config *c = NULL;
+        char err[TSF_CONFIG_ERROR_MAX] = "", *path = write_conf("[agent]\nroles = host broker\n");
+
+        assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), -EINVAL);
+        unlink(path);
+        assert_null(c);
+        assert_non_null(strstr(err, "unknown role 'broker'"));
+}
+
+static void test_bad_key(void **state) {
+        struct tsagent_config *c = NULL;
+        char err[TSF_CONFIG_ERROR_MAX] = "", *path = write_conf("[agent]\nrole = host\n");
+
+        assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), -EINVAL);
+        unlink(path);
+        assert_null(c);
+        assert_non_null(strstr(err, ":2: [agent] role: unknown key"));
+}
+
+static void test_host_section(void **state) {
+        struct tsagent_config *c = NULL;
+        char err[TSF_CONFIG_ERROR_MAX] = "";
+        char *path = write_conf("[agent]\nroles = host\nnode-name = ts2\n"
+                                "[host]\nrdp-port = 3390\nlocal-backend = 127.0.0.1\n"
+                                "gateway-listen = 127.0.0.1:4000\nfirst-pdu-timeout = 2s\n"
+                                "relay-buffer = 64K\naffinity-ttl = 5min\n"
+                                "[node ts1]\nid = 1\naddress = 10.0.0.1 10.0.1.1\nweight = 50\n"
+                                "[node ts2]\nid = 2\naddress = 10.0.0.2\nrdp-port = 3389\n"
+                                "[sessions]\nCORP\\Alice = ts1\nbob@corp.example = ts2\n");
+        const struct host_node_config *n;
+
+        assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), 0);
+        unlink(path);
+        assert_int_equal(c->host.rdp_port, 3390);
+        /* local-backend without a port takes the RDP port. */
+        assert_int_equal(ntohs(c->host.local_backend.sin_port), 3390);
+        assert_int_equal(ntohs(c->host.gateway_listen.sin_port), 4000);
+        assert_int_equal(c->host.first_pdu_timeout, 2 * USEC_PER_SEC);
+        assert_int_equal(c->host.relay_buffer, 65536);
+        assert_int_equal(c->host.affinity_ttl, 5 * USEC_PER_MINUTE);
+        assert_int_equal(c->host.n_nodes, 2);
+        n = host_config_find_node(&c->host, "ts1");
+        assert_non_null(n);
+        assert_int_equal(n->id, 1);
+        assert_int_equal(n->n_addrs, 2);
+        assert_int_equal(n->addrs[1], inet_addr("10.0.1.1"));
+        assert_int_equal(n->weight, 50);
+        /* A node without rdp-port inherits this host's. */
+        assert_int_equal(n->rdp_port, 3390);
+        assert_int_equal(host_config_find_node(&c->host, "ts2")->rdp_port, 3389);
+        assert_int_equal(c->host.n_sessions, 2);
+        assert_string_equal(c->host.sessions[0].user, "alice"); /* folded user part */
+        assert_string_equal(c->host.sessions[0].node, "ts1");
+        assert_string_equal(c->host.sessions[1].user, "bob");
+        tsagent_config_free(c);
+}
+
+static void test_host_cross_checks(void **state) {
+        static const struct {
+                const char *text;
+                const char *error;
+        } cases[] = {
+                {"[agent]\nroles = host\nnode-name = ts9\n[node ts1]\nid = 1\naddress = 10.0.0.1\n",
+                 "the host role needs a [node ts9] section"},
+                {"[node a]\nid = 1\naddress = 10.0.0.1\n[node b]\nid = 1\naddress = 10.0.0.2\n",
+                 "[node a] and [node b] share id 1"},
+                {"[node a]\nid = 1\naddress = 10.0.0.1\n[node b]\nid = 2\naddress = 10.0.0.1\n",
+                 "[node a] and [node b] share address 10.0.0.1"},
+                {"[node a]\naddress = 10.0.0.1\n", "[node a] has no id"},
+                {"[node a]\nid = 1\n", "[node a] has no address"},
+                {"[node a]\nid = 0\naddress = 10.0.0.1\n", "'0' is not a node id"},
+                {"[node a]\nid = 1\naddress = 10.0.0.300\n", "'10.0.0.300' is not an IPv4 address"},
+                {"[node a]\nid = 1\naddres = 10.0.0.1\n", "unknown key (a node has"},
+                {"[node a]\nid = 1\naddress = 10.0.0.1\n[sessions]\nalice = b\n",
+                 "[sessions] alice: no [node b] section"},
+                {"[node a]\nid = 1\naddress = 10.0.0.1\n[sessions]\nalice = a\nALICE = a\n",
+                 "user 'alice' listed twice"},
+                {"[host]\nlocal-backend = 127.0.0.1:0\n", "is not an IPv4 address with an optional :port"},
+                {"[host]\nbackend-source = 127.0.0.1:5\n", "'127.0.0.1:5' is not an IPv4 address"},
+                {"[host]\nrelay-buffer = 1K\n", "'1K' is not a size in 4096..67108864 bytes"},
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct tsagent_config *c = NULL;
+                char err[TSF_CONFIG_ERROR_MAX] = "", *path = write_conf(cases[i].text);
+                int r = tsagent_config_load(path, &c, err, sizeof(err));
+
+                unlink(path);
+                if (r >= 0 || !strstr(err, cases[i].error))
+                        fail_msg("case %zu: r=%d err='%s', want '%s'", i, r, err, cases[i].error);
+                assert_null(c);
+        }
+}
+
+static void test_role_names(void **state) {
+        for (int i = 0; i < _TSAGENT_ROLE_MAX; i++)
+                assert_int_equal(tsagent_role_from_string(tsagent_role_to_string(i)), i);
+        assert_int_equal(tsagent_role_from_string("Host"), -EINVAL);
+        assert_null(tsagent_role_to_string(_TSAGENT_ROLE_MAX));
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_defaults),     cmocka_unit_test(test_roles_and_values),
+                cmocka_unit_test(test_bad_role),     cmocka_unit_test(test_bad_key),
+                cmocka_unit_test(test_host_section), cmocka_unit_test(test_host_cross_checks),
+                cmocka_unit_test(test_role_names),
+        };
+        return cmocka_run_group_tests_name("agent_config", tests, NULL, NULL);
+}

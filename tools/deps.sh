@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# Installs the Debian packages tsfarm needs, only those missing, without
+# asking anything. Idempotent: a second run does nothing and says so.
+#
+#   tools/deps.sh [build|check|demo|bench]   (default: check)
+#   tools/deps.sh --list PROFILE             print the packages and exit
+set -euo pipefail
+
+build_pkgs=(
+        gcc make clang llvm pkg-config binutils
+        libbpf-dev bpftool libelf-dev zlib1g-dev
+        libsystemd-dev libinih-dev libjansson-dev
+        libnl-3-dev libnl-route-3-dev libnl-genl-3-dev
+        libsqlite3-dev
+)
+check_pkgs=(
+        "${build_pkgs[@]}"
+        libcmocka-dev libclang-rt-14-dev valgrind
+        iproute2 jq procps util-linux xxd python3
+)
+demo_pkgs=("${check_pkgs[@]}")
+bench_pkgs=("${check_pkgs[@]}")
+
+list=0
+if [[ ${1:-} == --list ]]; then
+        list=1
+        shift
+fi
+profile=${1:-check}
+case $profile in
+build) pkgs=("${build_pkgs[@]}") ;;
+check) pkgs=("${check_pkgs[@]}") ;;
+demo) pkgs=("${demo_pkgs[@]}") ;;
+bench) pkgs=("${bench_pkgs[@]}") ;;
+*)
+        echo "deps.sh: unknown profile '$profile' (build, check, demo, bench)" >&2
+        exit 2
+        ;;
+esac
+
+if ((list)); then
+        printf '%s\n' "${pkgs[@]}"
+        exit 0
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+        status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
+        [[ $status == ii* ]] || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+        exit 0
+fi
+
+if ((EUID != 0)); then
+        echo "deps.sh: missing packages: ${missing[*]}" >&2
+        echo "deps.sh: run as root (or: apt-get install ${missing[*]})" >&2
+        exit 1
+fi
+
+echo "deps.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt_opts=(-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+# A fresh machine has empty lists; a stale one may name versions that are gone.
+apt-get update -q >/dev/null
+apt-get install "${apt_opts[@]}" --no-install-recommends "${missing[@]}" >/dev/null
+echo "deps.sh: done"

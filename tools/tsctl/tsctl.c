@@ -1,0 +1,652 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * tsctl: the operator's command line. main() parses the global options and
+ * hands the rest to dispatch(), which finds the verb in a table (systemd's
+ * dispatch_verb, xdp-tools' command tables), parses that verb's options and
+ * checks its argument count. --help for every level is generated from the
+ * same tables, so a verb cannot exist without its usage line and examples.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "tsfarm/cleanup.h"
+#include "tsfarm/log.h"
+#include "tsfarm/macro.h"
+#include "tsctl.h"
+
+bool arg_json = false;
+
+/* ---- the command-line surface ------------------------------------------ */
+
+static int verb_help(int argc, char *argv[]);
+
+static const struct tsctl_option decode_cr_options[] = {
+        {"hex", NULL, DECODE_CR_OPT_HEX, "Read the input as hex text (default: detect)"},
+        {"raw", NULL, DECODE_CR_OPT_RAW, "Read the input as raw bytes (default: detect)"},
+        {},
+};
+
+static const struct tsctl_verb verbs[] = {
+        {
+                .name = "decode-cr",
+                .synopsis = "[--hex|--raw] [--json] [FILE|-]",
+                .min_args = 0,
+                .max_args = 1,
+                .fn = verb_decode_cr,
+                .options = decode_cr_options,
+                .parse_option = decode_cr_parse_option,
+                .summary = "Decode a client's first PDU (X.224 Connection Request)",
+                .help = "Reads the first PDU an RDP client sends (optional Preconnection PDU,\n"
+                        "then TPKT + X.224 Connection Request) from FILE, or standard input\n"
+                        "when FILE is missing or \"-\", and shows what tsfarm's gateway sees in\n"
+                        "it: cookie or routing token, requested security protocols,\n"
+                        "correlation id. The input is hex text (\"0300002e...\", \"03 00 00\n"
+                        "2e\", \"03:00:00:2e\", \"0x03 0x00\") or raw bytes; the format is\n"
+                        "detected unless --hex or --raw says. At most 64 KiB is read.\n"
+                        "\n"
+                        "A PDU that tsfarm would refuse is reported with the parser's reason\n"
+                        "and the offset of the offending byte in a hexdump. Exit status: 0\n"
+                        "the PDU is complete and valid, 1 it is invalid or truncated, 2 usage\n"
+                        "or input error.\n",
+                .examples = "# A PDU saved as hex (one of the test vectors, a paste):\n"
+                            "tsctl decode-cr cr.hex\n"
+                            "# From standard input:\n"
+                            "echo 0300002c27e00000000000436f6f6b69653a206d737473686173683d656c746f6e730d0a"
+                            "0100080000000000 | tsctl decode-cr\n"
+                            "# Raw bytes, e.g. cut out of a capture with xxd -r -p:\n"
+                            "tsctl decode-cr --raw cr.bin\n"
+                            "# The first client PDU in a capture (docs/tsctl.md has tcpdump too):\n"
+                            "tshark -r rdp.pcap -Y 'tcp.dstport==3389 && tpkt' -T fields -e tcp.payload \\\n"
+                            "        | head -1 | tsctl decode-cr\n"
+                            "# Just the user name, for a script:\n"
+                            "tsctl decode-cr --json cr.hex | jq -r .cookie.value\n",
+        },
+        {
+                .name = "help",
+                .synopsis = "[COMMAND...]",
+                .min_args = 0,
+                .max_args = TSCTL_ARGS_ANY,
+                .fn = verb_help,
+                .summary = "Show this help, or a command's",
+                .help = "Shows the list of commands, or the help of the named command\n"
+                        "(the same as \"tsctl COMMAND --help\").\n",
+                .examples = "tsctl help\n"
+                            "tsctl help decode-cr\n",
+        },
+        {},
+};
+
+/* Valid before the verb (global parse) and after it (every verb). */
+enum {
+        OPT_JSON = 0x80,
+        OPT_VERSION,
+};
+
+static const struct tsctl_option common_options[] = {
+        {"json", NULL, OPT_JSON, "Print JSON (for scripts) instead of tables"},
+        {"help", NULL, 'h', "Show this help"},
+        {},
+};
+
+/* Only before the verb. */
+static const struct tsctl_option global_options[] = {
+        {"version", NULL, OPT_VERSION, "Print the version and exit"},
+        {},
+};
+
+/* ---- help -------------------------------------------------------------- */
+
+/* Prints each line of `text` with `indent` in front; empty lines stay empty. */
+static void print_indented(FILE *f, const char *indent, const char *text) {
+        const char *p = text;
+
+        while (*p) {
+                size_t n = strcspn(p, "\n");
+
+                if (n > 0)
+                        fprintf(f, "%s%.*s\n", indent, (int)n, p);
+                else
+                        fputc('\n', f);
+                p += n;
+                if (*p == '\n')
+                        p++;
+        }
+}
+
+static void print_option_rows(FILE *f, const struct tsctl_option *options) {
+        for (const struct tsctl_option *o = options; o && o->name; o++) {
+                char left[64];
+
+                if (o->val == 'h')
+                        snprintf(left, sizeof(left), "-h, --%s", o->name);
+                else if (o->arg)
+                        snprintf(left, sizeof(left), "    --%s=%s", o->name, o->arg);
+                else
+                        snprintf(left, sizeof(left), "    --%s", o->name);
+                fprintf(f, "  %-20s %s\n", left, o->help);
+        }
+}
+
+/* One "  path name   summary" line per verb, groups expanded, so the
+ * top-level help shows every command there is; usage lines with the
+ * arguments are in each command's own help. */
+static void print_command_rows(FILE *f, const char *prefix, const struct tsctl_verb *table) {
+        for (const struct tsctl_verb *v = table; v->name; v++) {
+                char name[128];
+
+                snprintf(name, sizeof(name), "%s%s", prefix, v->name);
+                if (v->sub) {
+                        char sub_prefix[128];
+
+                        snprintf(sub_prefix, sizeof(sub_prefix), "%s%s ", prefix, v->name);
+                        print_command_rows(f, sub_prefix, v->sub);
+                        if (!v->fn)
+                                continue;
+                }
+                if (strlen(name) <= 18)
+                        fprintf(f, "  %-18s  %s\n", name, v->summary);
+                else
+                        fprintf(f, "  %s\n  %-18s  %s\n", name, "", v->summary);
+        }
+}
+
+static void print_main_help(FILE *f) {
+        fprintf(f, "Usage: tsctl [--json] COMMAND [ARGS...]\n"
+                   "\n"
+                   "Inspect and manage a tsfarm RDP terminal-server farm.\n"
+                   "\n"
+                   "Commands:\n");
+        print_command_rows(f, "", verbs);
+        fprintf(f, "\nOptions:\n");
+        print_option_rows(f, common_options);
+        print_option_rows(f, global_options);
+        fprintf(f, "\n"
+                   "Exit status: 0 success, 1 a negative answer (such as an invalid PDU),\n"
+                   "2 usage error or failure (such as unreadable input).\n"
+                   "\n"
+                   "Examples:\n"
+                   "  tsctl decode-cr cr.hex\n"
+                   "  tsctl --json decode-cr cr.hex | jq .cookie\n"
+                   "  tsctl help decode-cr\n"
+                   "\n"
+                   "See 'tsctl COMMAND --help' and tsctl(1).\n");
+}
+
+/* `path` is how the user reached the verb: "tsctl", "tsctl host". */
+static void print_verb_help(FILE *f, const char *path, const struct tsctl_verb *v) {
+        if (v->sub && !v->fn)
+                fprintf(f, "Usage: %s %s COMMAND [ARGS...]\n\n", path, v->name);
+        else
+                fprintf(f, "Usage: %s %s%s%s\n\n", path, v->name, v->synopsis ? " " : "", v->synopsis ?: "");
+        fprintf(f, "%s.\n", v->summary);
+        if (v->help) {
+                fputc('\n', f);
+                print_indented(f, "", v->help);
+        }
+        if (v->sub) {
+                fprintf(f, "\nCommands:\n");
+                print_command_rows(f, "", v->sub);
+        }
+        fprintf(f, "\nOptions:\n");
+        print_option_rows(f, v->options);
+        print_option_rows(f, common_options);
+        fprintf(f, "\nExamples:\n");
+        print_indented(f, "  ", v->examples);
+        fprintf(f, "\nSee tsctl(1).\n");
+}
+
+/* ---- dispatch ---------------------------------------------------------- */
+
+static const struct tsctl_verb *find_verb(const struct tsctl_verb *table, const char *name) {
+        for (const struct tsctl_verb *v = table; v->name; v++)
+                if (strcmp(v->name, name) == 0)
+                        return v;
+        return NULL;
+}
+
+static void list_names(char *buf, size_t size, const struct tsctl_verb *table) {
+        size_t n = 0;
+
+        buf[0] = '\0';
+        for (const struct tsctl_verb *v = table; v->name && n < size; v++)
+                n += (size_t)snprintf(buf + n, size - n, "%s%s", n ? ", " : "", v->name);
+}
+
+/* "tsctl host conns" -> "host conns": the log line already says "tsctl:". */
+static const char *short_path(const char *path) {
+        return strncmp(path, "tsctl ", 6) == 0 ? path + 6 : "";
+}
+
+static int unknown_verb(const char *path, const char *name, const struct tsctl_verb *table) {
+        char names[512];
+
+        list_names(names, sizeof(names), table);
+        log_error("Unknown command '%s%s%s'. Commands: %s. See '%s --help'.", short_path(path),
+                  *short_path(path) ? " " : "", name, names, path);
+        return TSCTL_EXIT_TROUBLE;
+}
+
+/* Fills a getopt_long table from ours. `out` holds `n` entries. */
+static void build_longopts(struct option *out, size_t n, const struct tsctl_option *a,
+                           const struct tsctl_option *b) {
+        size_t i = 0;
+
+        for (const struct tsctl_option *o = a; o && o->name && i + 1 < n; o++, i++)
+                out[i] = (struct option){o->name, o->arg ? required_argument : no_argument, NULL, o->val};
+        for (const struct tsctl_option *o = b; o && o->name && i + 1 < n; o++, i++)
+                out[i] = (struct option){o->name, o->arg ? required_argument : no_argument, NULL, o->val};
+        out[i] = (struct option){};
+}
+
+/* After getopt_long returned '?': an unknown option, or a known one
+ * without its argument. optopt is the short option character, if any. */
+static int bad_option(const char *path, const struct option *longopts, int argc, char *argv[]) {
+        const char *what = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+        const char *where = short_path(path), *colon = *where ? ": " : "";
+        bool known = false;
+
+        if (optopt > 0 && optopt < 0x80 && optopt != '?') {
+                log_error("%s%sunknown option '-%c'. See '%s --help'.", where, colon, optopt, path);
+                return TSCTL_EXIT_TROUBLE;
+        }
+        if (strncmp(what, "--", 2) == 0)
+                for (const struct option *o = longopts; o->name; o++)
+                        if (strncmp(what + 2, o->name, strcspn(what + 2, "=")) == 0 &&
+                            o->name[strcspn(what + 2, "=")] == '\0')
+                                known = true;
+        if (known)
+                log_error("%s%soption '%s' needs an argument. See '%s --help'.", where, colon, what, path);
+        else
+                log_error("%s%sunknown option '%s'. See '%s --help'.", where, colon, what, path);
+        return TSCTL_EXIT_TROUBLE;
+}
+
+/* Parses the options of one level. At a group (`stop` true) parsing ends at
+ * the first non-option, the sub-verb; at a leaf GNU permutation lets options
+ * follow the arguments ("decode-cr cr.hex --json"). Returns 0 and sets
+ * *ret_help, or an exit status. argv[0] is the verb name. */
+static int parse_level(const char *path, const struct tsctl_verb *v, bool stop, int argc, char *argv[],
+                       bool *ret_help) {
+        struct option longopts[32];
+        int c;
+
+        build_longopts(longopts, ELEMENTSOF(longopts), common_options, stop ? NULL : v->options);
+        *ret_help = false;
+        optind = 0; /* GNU: start afresh, forget the previous level's state */
+        opterr = 0; /* our messages name the command and point at its help */
+        while ((c = getopt_long(argc, argv, stop ? "+h" : "h", longopts, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        *ret_help = true;
+                        break;
+                case OPT_JSON:
+                        arg_json = true;
+                        break;
+                case '?':
+                        return bad_option(path, longopts, argc, argv);
+                default:
+                        if (!v->parse_option || v->parse_option(c, optarg) < 0)
+                                return TSCTL_EXIT_TROUBLE;
+                }
+        }
+        return 0;
+}
+
+static int dispatch(const char *parent, const struct tsctl_verb *table, int argc, char *argv[]) {
+        const struct tsctl_verb *v;
+        char path[256];
+        unsigned nargs;
+        bool help;
+        int r;
+
+        v = find_verb(table, argv[0]);
+        if (!v)
+                return unknown_verb(parent, argv[0], table);
+        snprintf(path, sizeof(path), "%s %s", parent, v->name);
+
+        if (v->sub) {
+                r = parse_level(path, v, true, argc, argv, &help);
+                if (r != 0)
+                        return r;
+                if (help) {
+                        print_verb_help(stdout, parent, v);
+                        return TSCTL_EXIT_OK;
+                }
+                if (optind < argc)
+                        return dispatch(path, v->sub, argc - optind, argv + optind);
+                if (!v->fn) {
+                        char names[512];
+
+                        list_names(names, sizeof(names), v->sub);
+                        log_error("%s: missing command (%s). See '%s --help'.", short_path(path), names,
+                                  path);
+                        return TSCTL_EXIT_TROUBLE;
+                }
+        }
+
+        r = parse_level(path, v, false, argc, argv, &help);
+        if (r != 0)
+                return r;
+        if (help) {
+                print_verb_help(stdout, parent, v);
+                return TSCTL_EXIT_OK;
+        }
+
+        nargs = (unsigned)(argc - optind);
+        if (nargs < v->min_args) {
+                log_error("%s: expected %s%u argument%s, got %u. See '%s --help'.", short_path(path),
+                          v->max_args == v->min_args ? "" : "at least ", v->min_args,
+                          v->min_args == 1 ? "" : "s", nargs, path);
+                return TSCTL_EXIT_TROUBLE;
+        }
+        if (nargs > v->max_args) {
+                log_error("%s: expected %s%u argument%s, got %u (first extra: '%s'). See '%s --help'.",
+                          short_path(path), v->max_args == v->min_args ? "" : "at most ", v->max_args,
+                          v->max_args == 1 ? "" : "s", nargs, argv[optind + v->max_args], path);
+                return TSCTL_EXIT_TROUBLE;
+        }
+
+        r = v->fn((int)nargs, argv + optind);
+        return r < 0 ? TSCTL_EXIT_TROUBLE : r;
+}
+
+static int verb_help(int argc, char *argv[]) {
+        const struct tsctl_verb *table = verbs, *v = NULL;
+        char path[256] = "tsctl";
+
+        if (argc == 0) {
+                print_main_help(stdout);
+                return TSCTL_EXIT_OK;
+        }
+        /* Walk "help host conns" down the groups. */
+        for (int i = 0; i < argc; i++) {
+                size_t n = strlen(path);
+
+                if (!table) {
+                        log_error("'%s' has no sub-commands. See '%s --help'.", short_path(path), path);
+                        return TSCTL_EXIT_TROUBLE;
+                }
+                v = find_verb(table, argv[i]);
+                if (!v)
+                        return unknown_verb(path, argv[i], table);
+                if (i + 1 < argc)
+                        snprintf(path + n, sizeof(path) - n, " %s", v->name);
+                table = v->sub;
+        }
+        print_verb_help(stdout, path, v);
+        return TSCTL_EXIT_OK;
+}
+
+/* ---- main -------------------------------------------------------------- */
+
+/* Returns > 0 to go on to the verb, 0 when done (--help, --version), or
+ * TSCTL_EXIT_TROUBLE negated. */
+static int parse_global(int argc, char *argv[]) {
+        struct option longopts[8];
+        int c;
+
+        build_longopts(longopts, ELEMENTSOF(longopts), common_options, global_options);
+        opterr = 0;
+        /* "+": stop at the verb; what follows is the verb's to parse. */
+        while ((c = getopt_long(argc, argv, "+h", longopts, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        print_main_help(stdout);
+                        return 0;
+                case OPT_VERSION:
+                        printf("tsctl (tsfarm) %s\n", TSFARM_VERSION);
+                        return 0;
+                case OPT_JSON:
+                        arg_json = true;
+                        break;
+                default:
+                        return -bad_option("tsctl", longopts, argc, argv);
+                }
+        }
+        return 1;
+}
+
+int main(int argc, char *argv[]) {
+        int r;
+
+        tsf_log_set_ident("tsctl");
+        tsf_log_parse_environment();
+
+        r = parse_global(argc, argv);
+        if (r <= 0) {
+                r = -r;
+                goto finish;
+        }
+        if (optind >= argc) {
+                print_main_help(stderr);
+                fputc('\n', stderr);
+                log_error("Missing command.");
+                r = TSCTL_EXIT_TROUBLE;
+                goto finish;
+        }
+        r = dispatch("tsctl", verbs, argc - optind, argv + optind);
+
+finish:
+        /* Output that could not be written is a failure, not a success
+         * with a short table ("tsctl ... > /full/disk"). */
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+                log_error_errno(errno ? -errno : -EIO, "Failed to write output: %m");
+                return TSCTL_EXIT_TROUBLE;
+        }
+        return r;
+}
+
+/* ---- output helpers ---------------------------------------------------- */
+
+struct tsctl_row {
+        char *key;
+        char *value;
+};
+
+struct tsctl_table {
+        struct tsctl_row *rows;
+        size_t n, allocated;
+        bool oom;
+};
+
+struct tsctl_table *tsctl_table_new(void) {
+        return calloc(1, sizeof(struct tsctl_table));
+}
+
+void tsctl_table_free(struct tsctl_table *t) {
+        if (!t)
+                return;
+        for (size_t i = 0; i < t->n; i++) {
+                free(t->rows[i].key);
+                free(t->rows[i].value);
+        }
+        free(t->rows);
+        free(t);
+}
+
+/* Takes ownership of value; NULL means it could not be made. */
+static void table_add_row(struct tsctl_table *t, const char *key, char *value) {
+        _cleanup_free_ char *k = NULL, *v = value;
+
+        if (v && t->n == t->allocated) {
+                size_t m = t->allocated ? 2 * t->allocated : 16;
+                struct tsctl_row *rows = reallocarray(t->rows, m, sizeof(*rows));
+
+                if (!rows) {
+                        t->oom = true;
+                        return;
+                }
+                t->rows = rows;
+                t->allocated = m;
+        }
+        k = v ? strdup(key) : NULL;
+        if (!k) {
+                t->oom = true;
+                return;
+        }
+        t->rows[t->n++] = (struct tsctl_row){TAKE_PTR(k), TAKE_PTR(v)};
+}
+
+void tsctl_table_add(struct tsctl_table *t, const char *key, const char *format, ...) {
+        char *value;
+        va_list ap;
+        int r;
+
+        va_start(ap, format);
+        r = vasprintf(&value, format, ap);
+        va_end(ap);
+        table_add_row(t, key, r < 0 ? NULL : value); /* vasprintf leaves value undefined on failure */
+}
+
+void tsctl_table_add_text(struct tsctl_table *t, const char *key, const char *s, size_t len) {
+        _cleanup_free_ char *e = tsctl_escape(s, len);
+        char *value;
+
+        if (!e || asprintf(&value, "\"%s\"", e) < 0)
+                value = NULL;
+        table_add_row(t, key, value);
+}
+
+int tsctl_table_print(const struct tsctl_table *t, FILE *f) {
+        size_t width = 0;
+
+        if (t->oom)
+                return log_oom();
+        for (size_t i = 0; i < t->n; i++)
+                width = MAX(width, strlen(t->rows[i].key));
+        for (size_t i = 0; i < t->n; i++)
+                fprintf(f, "%-*s  %s\n", (int)width, t->rows[i].key, t->rows[i].value);
+        return 0;
+}
+
+/* Length of the UTF-8 sequence at s (up to `len` bytes) and its code
+ * point; 0 when it is not valid (truncated, overlong, surrogate, above
+ * U+10FFFF). RFC 3629 table 3. */
+static size_t utf8_char(const unsigned char *s, size_t len, uint32_t *cp) {
+        size_t n;
+        uint32_t c, min;
+
+        if (s[0] < 0x80) {
+                *cp = s[0];
+                return 1;
+        }
+        if (s[0] >= 0xc2 && s[0] <= 0xdf)
+                n = 2, c = s[0] & 0x1f, min = 0x80;
+        else if (s[0] >= 0xe0 && s[0] <= 0xef)
+                n = 3, c = s[0] & 0x0f, min = 0x800;
+        else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+                n = 4, c = s[0] & 0x07, min = 0x10000;
+        else
+                return 0;
+        if (len < n)
+                return 0;
+        for (size_t i = 1; i < n; i++) {
+                if ((s[i] & 0xc0) != 0x80)
+                        return 0;
+                c = c << 6 | (s[i] & 0x3f);
+        }
+        if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+                return 0;
+        *cp = c;
+        return n;
+}
+
+bool tsctl_utf8_valid(const char *s, size_t len) {
+        const unsigned char *p = (const unsigned char *)s;
+        uint32_t cp;
+
+        for (size_t i = 0; i < len;) {
+                size_t n = utf8_char(p + i, len - i, &cp);
+
+                if (n == 0 || cp == 0)
+                        return false;
+                i += n;
+        }
+        return true;
+}
+
+char *tsctl_escape(const char *s, size_t len) {
+        const unsigned char *p = (const unsigned char *)s;
+        char *out, *o;
+
+        /* Worst case every byte becomes \xNN. */
+        out = malloc(4 * len + 1);
+        if (!out)
+                return NULL;
+        o = out;
+        for (size_t i = 0; i < len;) {
+                uint32_t cp = 0;
+                size_t n = utf8_char(p + i, len - i, &cp);
+
+                if (n == 0 || cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f)) {
+                        /* Escape the sequence byte by byte (or the one bad byte). */
+                        size_t m = n ? n : 1;
+
+                        for (size_t j = 0; j < m; j++)
+                                o += sprintf(o, "\\x%02x", p[i + j]);
+                        i += m;
+                        continue;
+                }
+                memcpy(o, p + i, n);
+                o += n;
+                i += n;
+        }
+        *o = '\0';
+        return out;
+}
+
+void tsctl_hexdump_excerpt(FILE *f, const uint8_t *buf, size_t len, size_t mark, unsigned context,
+                           const char *indent) {
+        size_t row, first, last;
+
+        if (len == 0)
+                return;
+        if (mark >= len) {
+                fprintf(f, "%s(offset %zu is past the end of the %zu bytes)\n", indent, mark, len);
+                mark = len - 1;
+        }
+        row = mark / 16;
+        first = row > context ? row - context : 0;
+        last = MIN(row + context, (len - 1) / 16);
+
+        for (size_t r = first; r <= last; r++) {
+                size_t start = r * 16, end = MIN(start + 16, len);
+
+                fprintf(f, "%s%08zx ", indent, start);
+                for (size_t i = start; i < start + 16; i++) {
+                        if (i % 16 == 8)
+                                fputc(' ', f);
+                        if (i < end)
+                                fprintf(f, " %02x", buf[i]);
+                        else
+                                fputs("   ", f);
+                }
+                fputs("  |", f);
+                for (size_t i = start; i < end; i++)
+                        fputc(buf[i] >= 0x20 && buf[i] < 0x7f ? buf[i] : '.', f);
+                fputs("|\n", f);
+
+                if (r == row) {
+                        /* 8 offset digits, 1 space, then " xx" per byte and one
+                         * extra space in the middle. */
+                        size_t col = mark % 16;
+                        size_t pad = 8 + 1 + 3 * col + (col >= 8 ? 1 : 0) + 1;
+
+                        fprintf(f, "%s%*s^^\n", indent, (int)pad, "");
+                }
+        }
+}
+
+int tsctl_json_print(json_t *v) {
+        if (json_dumpf(v, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0)
+                return log_error_errno(-EIO, "Failed to write JSON output.");
+        fputc('\n', stdout);
+        return 0;
+}
