@@ -170,8 +170,8 @@ check-unit:
 		$(addprefix $(O)/asan/,$(unit-y))
 	$(Q)$(RUN) unit $(RESULTS) $(addprefix $(O)/asan/,$(unit-y))
 
-check-bpf: $(bpftest-bins)
-	$(Q)$(RUN) bpf $(RESULTS) $(bpftest-bins)
+check-bpf: $(bpftest-bins) $(O)/tsctl
+	$(Q)TSFARM_BUILD=$(abspath $(O)) $(RUN) bpf $(RESULTS) $(bpftest-bins)
 
 check-integration: all
 	$(Q)TSFARM_BUILD=$(abspath $(O)) $(RUN) integration $(RESULTS) $(integration-y)

@@ -18,10 +18,22 @@ build_pkgs=(
 check_pkgs=(
         "${build_pkgs[@]}"
         libcmocka-dev libclang-rt-14-dev valgrind
-        iproute2 jq procps util-linux xxd python3
+        iproute2 jq procps util-linux xxd python3 systemd
 )
-demo_pkgs=("${check_pkgs[@]}")
-bench_pkgs=("${check_pkgs[@]}")
+# Multi-node farms and real RDP in the integration tests
+# (tests/integration/lib/farm.sh, rdp.sh): ping and socat probe the farm's
+# namespaces; xrdp with Xvnc sessions runs in each node, FreeRDP and rdesktop
+# under Xvfb in a client namespace, openssl makes each node's certificate.
+# xrdp's postinst only generates keys on a machine without systemd
+# (invoke-rc.d finds no runlevel, or a policy-rc.d refuses): it starts
+# nothing; the tests start their own xrdp inside namespaces.
+rdp_pkgs=(
+        iputils-ping socat
+        xrdp tigervnc-standalone-server ssl-cert openssl
+        freerdp2-x11 rdesktop xvfb xauth x11-utils
+)
+demo_pkgs=("${check_pkgs[@]}" "${rdp_pkgs[@]}")
+bench_pkgs=("${check_pkgs[@]}" iputils-ping socat haproxy)
 
 list=0
 if [[ ${1:-} == --list ]]; then
@@ -31,7 +43,7 @@ fi
 profile=${1:-check}
 case $profile in
 build) pkgs=("${build_pkgs[@]}") ;;
-check) pkgs=("${check_pkgs[@]}") ;;
+check) pkgs=("${check_pkgs[@]}" "${rdp_pkgs[@]}") ;;
 demo) pkgs=("${demo_pkgs[@]}") ;;
 bench) pkgs=("${bench_pkgs[@]}") ;;
 *)

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <dirent.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -136,7 +137,7 @@ static int attach_pinned(struct datapath *d, struct bpf_program *prog, const cha
         if (r < 0)
                 return r;
 
-        link = bpf_link__open(path);
+        link = access(path, F_OK) == 0 ? bpf_link__open(path) : NULL;
         if (link) {
                 r = bpf_link__update_program(link, prog);
                 if (r == 0) {
@@ -180,12 +181,32 @@ static int on_ring_ready(sd_event_source *s, int fd, uint32_t revents, void *use
         return 0;
 }
 
+/* libbpf talks on stderr by default; route it through our log so it
+ * reaches the journal with the rest. Its warnings include verifier logs. */
+static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap) {
+        char buf[1024];
+        size_t n;
+
+        if (level == LIBBPF_DEBUG && tsf_log_get_max_level() < LOG_DEBUG)
+                return 0;
+        vsnprintf(buf, sizeof(buf), fmt, ap);
+        n = strlen(buf);
+        if (n > 0 && buf[n - 1] == '\n')
+                buf[n - 1] = '\0';
+        if (level == LIBBPF_WARN)
+                log_warning("libbpf: %s", buf);
+        else
+                log_debug("libbpf: %s", buf);
+        return 0;
+}
+
 int datapath_open(sd_event *e, const struct datapath_options *o, struct datapath **ret) {
         _cleanup_(datapath_freep) struct datapath *d = NULL;
         _cleanup_close_ int netns_fd = -1, cg_fd = -1;
         char cgroup[PATH_MAX];
         int r;
 
+        libbpf_set_print(libbpf_log);
         d = calloc(1, sizeof(*d));
         if (!d)
                 return log_oom();
@@ -361,10 +382,16 @@ int datapath_affinity_note(struct datapath *d, uint32_t client_be, uint32_t node
                                        };
 
         /* An office behind one NAT address: once two users were seen from
-         * it, it stays shared until the entry expires. */
-        if (bpf_map_lookup_elem(fd, &k, &old) == 0 && old.expires_ns > monotonic_ns() &&
-            ((old.flags & TSF_AFFINITY_F_MULTI_USER) || old.user_hash != user_hash))
-                v.flags |= TSF_AFFINITY_F_MULTI_USER;
+         * it, it stays shared until the entry expires. A connection without
+         * a cookie (hash 0) names no user, so it neither proves nor
+         * disproves sharing; it keeps the user it had. */
+        if (bpf_map_lookup_elem(fd, &k, &old) == 0 && old.expires_ns > monotonic_ns()) {
+                if ((old.flags & TSF_AFFINITY_F_MULTI_USER) ||
+                    (old.user_hash && user_hash && old.user_hash != user_hash))
+                        v.flags |= TSF_AFFINITY_F_MULTI_USER;
+                if (!user_hash)
+                        v.user_hash = old.user_hash;
+        }
         return bpf_map_update_elem(fd, &k, &v, BPF_ANY) < 0 ? -errno : 0;
 }
 
@@ -395,4 +422,8 @@ int datapath_read_stats(struct datapath *d, struct tsf_stats *ret) {
 
 int datapath_conns_fd(struct datapath *d) {
         return bpf_map__fd(d->track->maps.conns);
+}
+
+int datapath_sessions_fd(struct datapath *d) {
+        return bpf_map__fd(d->steer->maps.sessions);
 }

@@ -62,3 +62,4 @@ int datapath_set_gateway(struct datapath *d, int listen_fd);
 
 int datapath_read_stats(struct datapath *d, struct tsf_stats *ret);
 int datapath_conns_fd(struct datapath *d);
+int datapath_sessions_fd(struct datapath *d);

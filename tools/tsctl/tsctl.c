@@ -16,6 +16,7 @@
 
 #include <jansson.h>
 
+#include "bpf/abi/tsfarm_abi.h"
 #include "tsfarm/cleanup.h"
 #include "tsfarm/log.h"
 #include "tsfarm/macro.h"
@@ -30,6 +31,172 @@ static int verb_help(int argc, char *argv[]);
 static const struct tsctl_option decode_cr_options[] = {
         {"hex", NULL, DECODE_CR_OPT_HEX, "Read the input as hex text (default: detect)"},
         {"raw", NULL, DECODE_CR_OPT_RAW, "Read the input as raw bytes (default: detect)"},
+        {},
+};
+
+#define PIN_ROOT_HELP "Directory of the host role's pinned maps"
+
+static const struct tsctl_option host_options[] = {
+        {"pin-root", "DIR", HOST_OPT_PIN_ROOT, PIN_ROOT_HELP},
+        {},
+};
+
+static const struct tsctl_option host_sessions_set_options[] = {
+        {"state", "STATE", HOST_OPT_STATE, "active (default) or disconnected"},
+        {"session-id", "N", HOST_OPT_SESSION_ID, "The session's id on that node (default: kept, or 0)"},
+        {"pin-root", "DIR", HOST_OPT_PIN_ROOT, PIN_ROOT_HELP},
+        {},
+};
+
+/* Said once, shown by every host command. */
+#define HOST_HELP_PINS                                                               \
+        "tsagent's host role pins the maps under the pin root: --pin-root, else\n"   \
+        "$TSFARM_PIN_ROOT, else " TSF_PIN_ROOT " ([host] pin-root in\n"              \
+        "tsagent.conf). tsagent owns them; tsctl opens them read-only, except the\n" \
+        "sessions map for \"sessions set\" and \"sessions del\". Needs root (or\n"   \
+        "CAP_BPF and access to the pin root). Exit status: 0 success, 1 no maps\n"   \
+        "under the pin root (or the negative answer the command describes), 2\n"     \
+        "usage error or failure.\n"
+
+static const struct tsctl_verb host_sessions_verbs[] = {
+        {
+                .name = "set",
+                .synopsis = "USER NODE_ID [--state=active|disconnected] [--session-id=N] [--json]",
+                .min_args = 2,
+                .max_args = 2,
+                .fn = verb_host_sessions_set,
+                .options = host_sessions_set_options,
+                .parse_option = host_parse_option,
+                .summary = "Set the session of a user by hand",
+                .help = "Writes USER's entry in the sessions map: the user's session is on node\n"
+                        "NODE_ID, in state --state (default active), with id --session-id on that\n"
+                        "node (default: the previous id if the node is the same, else 0 =\n"
+                        "unknown). The revision is the previous one plus 1 (1 for a new entry),\n"
+                        "the change time is now. Prints the entry as written.\n"
+                        "\n"
+                        "USER is folded as the gateway folds a cookie (docs/userkey.md): the key\n"
+                        "is the user part, lower case, so \"CORP\\Alice\", \"alice@corp.example\"\n"
+                        "and \"alice\" are one entry. NODE_ID must be in the node table (see\n"
+                        "\"tsctl host nodes\"); an unknown id is refused with exit status 1.\n"
+                        "\n"
+                        "Until the directory role exists, sessions are set by hand with this\n"
+                        "command; once it runs, tsagent mirrors the directory into the map and\n"
+                        "overwrites hand-made entries.\n"
+                        "\n" HOST_HELP_PINS,
+                .examples = "tsctl host sessions set alice 2\n"
+                            "tsctl host sessions set 'CORP\\bob' 3 --state=disconnected --session-id=12\n"
+                            "tsctl host sessions set alice 2 --pin-root=/sys/fs/bpf/tsfarm-test\n",
+        },
+        {
+                .name = "del",
+                .synopsis = "USER",
+                .min_args = 1,
+                .max_args = 1,
+                .fn = verb_host_sessions_del,
+                .options = host_options,
+                .parse_option = host_parse_option,
+                .summary = "Delete the session of a user",
+                .help = "Deletes USER's entry (folded as for \"set\") from the sessions map.\n"
+                        "Prints nothing on success; a user without an entry is reported with\n"
+                        "exit status 1.\n"
+                        "\n" HOST_HELP_PINS,
+                .examples = "tsctl host sessions del alice\n"
+                            "tsctl host sessions del 'CORP\\bob' || echo 'bob had no session'\n",
+        },
+        {},
+};
+
+static const struct tsctl_verb host_verbs[] = {
+        {
+                .name = "stats",
+                .synopsis = "[--json]",
+                .fn = verb_host_stats,
+                .options = host_options,
+                .parse_option = host_parse_option,
+                .summary = "Show the BPF counters and the data path's config",
+                .help = "Shows the config entry the agent wrote (ABI version, this node's id, the\n"
+                        "RDP port) and the counters of the steer and track programs, summed over\n"
+                        "all CPUs. Every RDP-port lookup counts in lookup_total and in exactly\n"
+                        "one of to_local_peer, to_local_affinity, to_gateway, fail_open,\n"
+                        "assign_failed; docs/bpf.md explains each counter.\n"
+                        "\n" HOST_HELP_PINS,
+                .examples = "tsctl host stats\n"
+                            "tsctl host stats --json | jq .stats.to_gateway\n"
+                            "watch -n1 tsctl host stats\n",
+        },
+        {
+                .name = "nodes",
+                .synopsis = "[--json]",
+                .fn = verb_host_nodes,
+                .options = host_options,
+                .parse_option = host_parse_option,
+                .summary = "Show the node table",
+                .help = "Shows every address in the nodes map: its node id (0 for a pure bypass\n"
+                        "entry), the node's RDP port, its flags (self: an address of this node,\n"
+                        "peer: of another farm node, draining: takes no new sessions, down:\n"
+                        "heartbeat lapsed, bypass: a trusted source the gateway must not see)\n"
+                        "and its placement weight. Sorted by node id, then address. Connections\n"
+                        "from any address listed here go straight to the local RDP server.\n"
+                        "\n" HOST_HELP_PINS,
+                .examples = "tsctl host nodes\n"
+                            "tsctl host nodes --json | jq -r '.nodes[] | select(.flags | index(\"down\")) | "
+                            ".address'\n",
+        },
+        {
+                .name = "sessions",
+                .synopsis = "[--json]",
+                .fn = verb_host_sessions,
+                .options = host_options,
+                .parse_option = host_parse_option,
+                .sub = host_sessions_verbs,
+                .summary = "Show the sessions map",
+                .help = "Shows the farm's sessions as mirrored into the sessions map: user (the\n"
+                        "folded user part; a name of 64 bytes or more shows as its first 56\n"
+                        "bytes, \"...#\" and the hash that completes the key), node id, session id\n"
+                        "on that node, state (active, disconnected, or lost: its node went\n"
+                        "down), revision and the time of the last state change (UTC). Sorted by\n"
+                        "user.\n"
+                        "\n" HOST_HELP_PINS,
+                .examples = "tsctl host sessions\n"
+                            "tsctl host sessions --json | jq '.sessions[] | select(.node_id == 2)'\n"
+                            "tsctl host sessions set alice 2\n"
+                            "tsctl host sessions del alice\n",
+        },
+        {
+                .name = "affinity",
+                .synopsis = "[--json]",
+                .fn = verb_host_affinity,
+                .options = host_options,
+                .parse_option = host_parse_option,
+                .summary = "Show the client address affinity table",
+                .help = "Shows which node served each client address last: node id, flags\n"
+                        "(multi-user: the address was seen with two different users, e.g. an\n"
+                        "office behind NAT, and never takes the fast path), the hash of the\n"
+                        "user key last seen, and how long the entry stays fresh (\"expired\" once\n"
+                        "past). A fresh entry for this node lets a reconnecting client skip the\n"
+                        "gateway. Sorted by address.\n"
+                        "\n" HOST_HELP_PINS,
+                .examples = "tsctl host affinity\n"
+                            "tsctl host affinity --json | jq -r '.affinity[] | select(.expired | not) | "
+                            ".client'\n",
+        },
+        {
+                .name = "conns",
+                .synopsis = "[--json]",
+                .fn = verb_host_conns,
+                .options = host_options,
+                .parse_option = host_parse_option,
+                .summary = "Show the tracked RDP connections",
+                .help = "Shows the RDP-port connections the track program follows: local and\n"
+                        "remote address and port, direction (passive: accepted on the RDP port;\n"
+                        "active: the gateway's leg to an RDP server), last TCP state, age, bytes\n"
+                        "acknowledged and received, smoothed RTT and retransmissions. Counters are\n"
+                        "those of the last TCP state change or RTO, not live: \"ss -ti\" has live\n"
+                        "figures. Sorted by local, then remote address.\n"
+                        "\n" HOST_HELP_PINS,
+                .examples = "tsctl host conns\n"
+                            "tsctl host conns --json | jq '.conns[] | select(.total_retrans > 0)'\n",
+        },
         {},
 };
 
@@ -69,6 +236,21 @@ static const struct tsctl_verb verbs[] = {
                             "tsctl decode-cr --json cr.hex | jq -r .cookie.value\n",
         },
         {
+                .name = "host",
+                .options = host_options,
+                .parse_option = host_parse_option,
+                .sub = host_verbs,
+                .summary = "Inspect the host role's BPF maps; set sessions by hand",
+                .help = "Reads the eBPF maps tsagent's host role pins: counters and config,\n"
+                        "node table, sessions, client affinity, tracked connections. A table by\n"
+                        "default, --json for scripts.\n"
+                        "\n" HOST_HELP_PINS,
+                .examples = "tsctl host stats\n"
+                            "tsctl host nodes\n"
+                            "tsctl host sessions set alice 2\n"
+                            "tsctl --pin-root=/sys/fs/bpf/tsfarm-test host conns --json\n",
+        },
+        {
                 .name = "help",
                 .synopsis = "[COMMAND...]",
                 .min_args = 0,
@@ -98,6 +280,7 @@ static const struct tsctl_option common_options[] = {
 /* Only before the verb. */
 static const struct tsctl_option global_options[] = {
         {"version", NULL, OPT_VERSION, "Print the version and exit"},
+        {"pin-root", "DIR", HOST_OPT_PIN_ROOT, PIN_ROOT_HELP},
         {},
 };
 
@@ -142,18 +325,20 @@ static void print_command_rows(FILE *f, const char *prefix, const struct tsctl_v
                 char name[128];
 
                 snprintf(name, sizeof(name), "%s%s", prefix, v->name);
+                /* A group that is also a command ("host sessions") comes
+                 * before its sub-commands ("host sessions set"). */
+                if (v->fn) {
+                        if (strlen(name) <= 18)
+                                fprintf(f, "  %-18s  %s\n", name, v->summary);
+                        else
+                                fprintf(f, "  %s\n  %-18s  %s\n", name, "", v->summary);
+                }
                 if (v->sub) {
                         char sub_prefix[128];
 
                         snprintf(sub_prefix, sizeof(sub_prefix), "%s%s ", prefix, v->name);
                         print_command_rows(f, sub_prefix, v->sub);
-                        if (!v->fn)
-                                continue;
                 }
-                if (strlen(name) <= 18)
-                        fprintf(f, "  %-18s  %s\n", name, v->summary);
-                else
-                        fprintf(f, "  %s\n  %-18s  %s\n", name, "", v->summary);
         }
 }
 
@@ -175,6 +360,8 @@ static void print_main_help(FILE *f) {
                    "  tsctl decode-cr cr.hex\n"
                    "  tsctl --json decode-cr cr.hex | jq .cookie\n"
                    "  tsctl help decode-cr\n"
+                   "  tsctl host sessions\n"
+                   "  tsctl host sessions set alice 2\n"
                    "\n"
                    "See 'tsctl COMMAND --help' and tsctl(1).\n");
 }
@@ -277,7 +464,8 @@ static int parse_level(const char *path, const struct tsctl_verb *v, bool stop, 
         struct option longopts[32];
         int c;
 
-        build_longopts(longopts, ELEMENTSOF(longopts), common_options, stop ? NULL : v->options);
+        /* A group's own options (host --pin-root) are valid at its level too. */
+        build_longopts(longopts, ELEMENTSOF(longopts), common_options, v->options);
         *ret_help = false;
         optind = 0; /* GNU: start afresh, forget the previous level's state */
         opterr = 0; /* our messages name the command and point at its help */
@@ -405,6 +593,10 @@ static int parse_global(int argc, char *argv[]) {
                         return 0;
                 case OPT_JSON:
                         arg_json = true;
+                        break;
+                case HOST_OPT_PIN_ROOT:
+                        if (host_parse_option(c, optarg) < 0)
+                                return -TSCTL_EXIT_TROUBLE;
                         break;
                 default:
                         return -bad_option("tsctl", longopts, argc, argv);

@@ -78,6 +78,24 @@ enum {
 int decode_cr_parse_option(int val, const char *arg);
 int verb_decode_cr(int argc, char *argv[]);
 
+/* host.c: the host role's pinned BPF maps. */
+enum {
+        HOST_OPT_PIN_ROOT = 0x200,
+        HOST_OPT_STATE,
+        HOST_OPT_SESSION_ID,
+};
+/* --pin-root (global, or after any host command); NULL: $TSFARM_PIN_ROOT,
+ * else TSF_PIN_ROOT. */
+extern const char *arg_pin_root;
+int host_parse_option(int val, const char *arg);
+int verb_host_stats(int argc, char *argv[]);
+int verb_host_nodes(int argc, char *argv[]);
+int verb_host_sessions(int argc, char *argv[]);
+int verb_host_sessions_set(int argc, char *argv[]);
+int verb_host_sessions_del(int argc, char *argv[]);
+int verb_host_affinity(int argc, char *argv[]);
+int verb_host_conns(int argc, char *argv[]);
+
 /* ---- output helpers (tsctl.c) ------------------------------------------ */
 
 /* A two-column "key  value" table for human output. Rows are kept until
