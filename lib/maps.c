@@ -9,7 +9,19 @@
 #include <bpf/libbpf.h>
 
 #include "tsfarm/cleanup.h"
+#include "tsfarm/macro.h"
 #include "tsfarm/maps.h"
+
+const char *const tsf_stat_names[] = {
+        "lookup_total",        "to_local_peer",
+        "to_local_affinity",   "to_gateway",
+        "fail_open",           "assign_failed",
+        "affinity_expired",    "affinity_multi_user",
+        "affinity_other_node", "conns_established",
+        "conns_closed",        "conns_table_full",
+        "events_dropped",      "rto",
+};
+_Static_assert(ELEMENTSOF(tsf_stat_names) == TSF_STATS_COUNT, "a name per counter in struct tsf_stats");
 
 int tsf_map_open_pinned(const char *pin_root, const char *name, bool read_only) {
         LIBBPF_OPTS(bpf_obj_get_opts, opts, .file_flags = read_only ? BPF_F_RDONLY : 0);

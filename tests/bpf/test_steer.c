@@ -55,6 +55,7 @@
 #include "bpf/steer.skel.h"
 #include "bpf/track.skel.h"
 #include "tsfarm/macro.h"
+#include "tsfarm/maps.h"
 
 #define DEADLINE_MS 5000
 #define CLIENT_PORT 50000
@@ -419,17 +420,6 @@ static __u32 map_id(const struct bpf_map *map) {
 
 /* ---- stats ---------------------------------------------------------------- */
 
-static const char *const stat_names[] = {
-        "lookup_total",        "to_local_peer",
-        "to_local_affinity",   "to_gateway",
-        "fail_open",           "assign_failed",
-        "affinity_expired",    "affinity_multi_user",
-        "affinity_other_node", "conns_established",
-        "conns_closed",        "conns_table_full",
-        "events_dropped",      "rto",
-};
-_Static_assert(ELEMENTSOF(stat_names) * sizeof(__u64) == sizeof(struct tsf_stats), "a name per counter");
-
 /* Sums the per-CPU copies: the kernel hands back one value per possible
  * CPU, each rounded up to 8 bytes (tsf_stats already is). */
 static void stats_read(const struct bpf_map *map, struct tsf_stats *out) {
@@ -443,7 +433,7 @@ static void stats_read(const struct bpf_map *map, struct tsf_stats *out) {
                 const __u64 *src = (const __u64 *)&percpu[cpu];
                 __u64 *dst = (__u64 *)out;
 
-                for (size_t i = 0; i < ELEMENTSOF(stat_names); i++)
+                for (size_t i = 0; i < TSF_STATS_COUNT; i++)
                         dst[i] += src[i];
         }
         free(percpu);
@@ -455,9 +445,9 @@ static void stats_expect_delta(const struct tsf_stats *before, const struct tsf_
         const __u64 *b = (const __u64 *)before, *a = (const __u64 *)after, *w = (const __u64 *)want;
         bool ok = true;
 
-        for (size_t i = 0; i < ELEMENTSOF(stat_names); i++) {
+        for (size_t i = 0; i < TSF_STATS_COUNT; i++) {
                 if (a[i] - b[i] != w[i]) {
-                        print_error("%s: stats.%s changed by %llu, expected %llu\n", what, stat_names[i],
+                        print_error("%s: stats.%s changed by %llu, expected %llu\n", what, tsf_stat_names[i],
                                     (unsigned long long)(a[i] - b[i]), (unsigned long long)w[i]);
                         ok = false;
                 }

@@ -569,18 +569,6 @@ static int print_json_list(const char *name, json_t *array) {
 
 /* ---- host stats -------------------------------------------------------- */
 
-/* struct tsf_stats, in order. */
-static const char *const stat_names[] = {
-        "lookup_total",        "to_local_peer",
-        "to_local_affinity",   "to_gateway",
-        "fail_open",           "assign_failed",
-        "affinity_expired",    "affinity_multi_user",
-        "affinity_other_node", "conns_established",
-        "conns_closed",        "conns_table_full",
-        "events_dropped",      "rto",
-};
-_Static_assert(ELEMENTSOF(stat_names) * sizeof(__u64) == sizeof(struct tsf_stats), "a name per counter");
-
 int verb_host_stats(int argc, char *argv[]) {
         static const struct column cols[] = {{"COUNTER", false}, {"VALUE", true}};
         _cleanup_(columns_done) struct columns t = {.cols = cols, .ncols = ELEMENTSOF(cols)};
@@ -608,8 +596,8 @@ int verb_host_stats(int argc, char *argv[]) {
 
                 if (!counts)
                         return log_oom();
-                for (size_t i = 0; i < ELEMENTSOF(stat_names); i++)
-                        if (json_object_set_new(counts, stat_names[i],
+                for (size_t i = 0; i < TSF_STATS_COUNT; i++)
+                        if (json_object_set_new(counts, tsf_stat_names[i],
                                                 json_integer((json_int_t)counters[i])) < 0)
                                 return log_oom();
                 o = json_pack("{s:{s:I, s:I, s:I}, s:O}", "config", "abi_version",
@@ -642,8 +630,8 @@ int verb_host_stats(int argc, char *argv[]) {
                 return r;
         fputc('\n', stdout);
 
-        for (size_t i = 0; i < ELEMENTSOF(stat_names); i++) {
-                columns_add(&t, "%s", stat_names[i]);
+        for (size_t i = 0; i < TSF_STATS_COUNT; i++) {
+                columns_add(&t, "%s", tsf_stat_names[i]);
                 columns_add(&t, "%llu", (unsigned long long)counters[i]);
         }
         r = columns_print(&t, stdout);

@@ -16,6 +16,10 @@
  * Returns an fd or a negative errno (-ENOENT: no agent has pinned it). */
 int tsf_map_open_pinned(const char *pin_root, const char *name, bool read_only);
 
+/* The counters of struct tsf_stats, in order: names for tables and JSON. */
+#define TSF_STATS_COUNT (sizeof(struct tsf_stats) / sizeof(__u64))
+extern const char *const tsf_stat_names[];
+
 /* Sums the per-CPU copies of the stats map. */
 int tsf_stats_read(int stats_fd, struct tsf_stats *ret);
 
