@@ -81,6 +81,7 @@ bpf-skels := $(bpf-objs:.bpf.o=.skel.h)
 unit-bins := $(addprefix $(O)/,$(unit-y))
 bpftest-bins := $(addprefix $(O)/,$(bpftest-y))
 fuzz-bins := $(addprefix $(O)/,$(fuzz-y))
+bench-bins := $(addprefix $(O)/,$(bench-y))
 LIBTSFARM := $(O)/libtsfarm.a
 BINARIES := $(O)/tsagent $(O)/tsctl
 
@@ -117,6 +118,11 @@ $(O)/tsctl: $(tsctl-objs) $(LIBTSFARM)
 $(unit-bins) $(bpftest-bins): %: %.o $$(call test-extra,$$@) $(LIBTSFARM)
 	$(say) LINK "$@"
 	$(Q)$(CC) $(LDFLAGS_ALL) $^ $(PKG_LIBS) -lcmocka -o $@
+
+# Benchmarks: the normal variant (-O2), no sanitizers, no cmocka.
+$(bench-bins): %: %.o $$(call test-extra,$$@) $(LIBTSFARM)
+	$(say) LINK "$@"
+	$(Q)$(CC) $(LDFLAGS_ALL) $^ $(PKG_LIBS) -o $@
 
 $(fuzz-bins): %: %.o $(LIBTSFARM)
 	$(say) LINK "$@"
@@ -184,7 +190,7 @@ fuzz:
 
 bench: DEPS_PROFILE := bench
 bench: deps
-	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(MAKE) --no-print-directory all $(bench-bins)
 	$(Q)TSFARM_BUILD=$(abspath $(O)) tests/bench/run.sh
 
 # ---- demo ------------------------------------------------------------------
@@ -225,4 +231,4 @@ format:
 	$(Q)git ls-files '*.c' '*.h' | xargs clang-format -i
 
 -include $(patsubst %.o,%.d,$(lib-objs) $(tsagent-objs) $(tsctl-objs) $(bpf-objs)) \
-	$(addsuffix .d,$(unit-bins) $(bpftest-bins) $(fuzz-bins))
+	$(addsuffix .d,$(unit-bins) $(bpftest-bins) $(fuzz-bins) $(bench-bins))
