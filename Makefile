@@ -46,7 +46,7 @@ endif
 # Libraries every binary may use. Evaluated once, here; `make check` and
 # `make demo` install missing packages first and then re-enter make, so
 # this never runs before the packages exist.
-PKGS := libsystemd inih jansson libbpf libnl-3.0 libnl-route-3.0 sqlite3
+PKGS := libsystemd inih jansson libbpf libnl-3.0 libnl-route-3.0 libmicrohttpd libcurl openssl gnutls sqlite3
 PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
 

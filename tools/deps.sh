@@ -14,6 +14,7 @@ build_pkgs=(
         libsystemd-dev libinih-dev libjansson-dev
         libnl-3-dev libnl-route-3-dev libnl-genl-3-dev
         libsqlite3-dev
+        libmicrohttpd-dev libcurl4-openssl-dev libssl-dev libgnutls28-dev
 )
 check_pkgs=(
         "${build_pkgs[@]}"

@@ -200,6 +200,66 @@ static const struct tsctl_verb host_verbs[] = {
         {},
 };
 
+static const struct tsctl_option pki_init_options[] = {
+        {"dir", "DIR", PKI_OPT_DIR, "Directory of the CA's files (must exist)"},
+        {"name", "FARM", PKI_OPT_NAME, "The farm's name, in the CA's subject (default: tsfarm)"},
+        {"days", "N", PKI_OPT_DAYS, "Validity in days (default: 3650)"},
+        {"force", NULL, PKI_OPT_FORCE, "Replace existing files"},
+        {},
+};
+
+static const struct tsctl_option pki_issue_options[] = {
+        {"dir", "DIR", PKI_OPT_DIR, "Directory of the CA's files; the node's go there too"},
+        {"ip", "ADDR", PKI_OPT_IP, "An IPv4/IPv6 address the node is reached at (repeatable)"},
+        {"dns", "NAME", PKI_OPT_DNS, "A DNS name the node is reached at (repeatable)"},
+        {"days", "N", PKI_OPT_DAYS, "Validity in days (default: 825, never past the CA's)"},
+        {"force", NULL, PKI_OPT_FORCE, "Replace existing files"},
+        {},
+};
+
+#define PKI_HELP_COMMON                                                               \
+        "Keys are ECDSA P-256, unencrypted PEM, mode 0600; certificates are PEM,\n"   \
+        "0644. Existing files are never replaced without --force. A farm with a CA\n" \
+        "of its own does not need this: docs/api.md says what a node certificate\n"   \
+        "must contain. Exit status: 0 success, 2 failure (nothing half-written).\n"
+
+static const struct tsctl_verb pki_verbs[] = {
+        {
+                .name = "init",
+                .synopsis = "--dir DIR [--name FARM] [--days N] [--force]",
+                .fn = verb_pki_init,
+                .options = pki_init_options,
+                .parse_option = pki_parse_option,
+                .summary = "Create a farm CA",
+                .help = "Creates DIR/ca.key and DIR/ca.crt: a self-signed CA (CN \"FARM farm CA\",\n"
+                        "pathlen 0) that signs the farm's node certificates. Keep ca.key off the\n"
+                        "nodes: only ca.crt is installed on them. Prints the files written.\n"
+                        "\n" PKI_HELP_COMMON,
+                .examples = "mkdir -m 0700 /root/farm-ca\n"
+                            "tsctl pki init --dir /root/farm-ca --name acme\n",
+        },
+        {
+                .name = "issue",
+                .synopsis = "--dir DIR NODE [--ip ADDR]... [--dns NAME]... [--days N] [--force]",
+                .min_args = 1,
+                .max_args = 1,
+                .fn = verb_pki_issue,
+                .options = pki_issue_options,
+                .parse_option = pki_parse_option,
+                .summary = "Issue a node certificate",
+                .help = "Creates DIR/NODE.key and DIR/NODE.crt, signed by DIR/ca.{crt,key}: CN =\n"
+                        "NODE (tsagent's node-name, which is how its peers know it), subject\n"
+                        "alternative names DNS:NODE (when NODE is a host name) and every --dns and\n"
+                        "--ip given, extended key usage serverAuth and clientAuth (every node both\n"
+                        "serves the API and calls its peers). Prints the files written.\n"
+                        "\n" PKI_HELP_COMMON,
+                .examples = "tsctl pki issue --dir /root/farm-ca ts1 --ip 10.0.0.1 --dns ts1.corp.example\n"
+                            "tsctl pki issue --dir /root/farm-ca ts2 --ip 10.0.0.2 --ip fd00::2\n"
+                            "openssl verify -CAfile /root/farm-ca/ca.crt /root/farm-ca/ts1.crt\n",
+        },
+        {},
+};
+
 static const struct tsctl_verb verbs[] = {
         {
                 .name = "decode-cr",
@@ -249,6 +309,17 @@ static const struct tsctl_verb verbs[] = {
                             "tsctl host nodes\n"
                             "tsctl host sessions set alice 2\n"
                             "tsctl --pin-root=/sys/fs/bpf/tsfarm-test host conns --json\n",
+        },
+        {
+                .name = "pki",
+                .sub = pki_verbs,
+                .summary = "Create a farm CA and node certificates",
+                .help = "Makes the certificates the roles authenticate each other with (mutual\n"
+                        "TLS, docs/api.md): \"init\" a farm CA once, then \"issue\" a certificate\n"
+                        "for every node.\n"
+                        "\n" PKI_HELP_COMMON,
+                .examples = "tsctl pki init --dir /root/farm-ca\n"
+                            "tsctl pki issue --dir /root/farm-ca ts1 --ip 10.0.0.1\n",
         },
         {
                 .name = "help",

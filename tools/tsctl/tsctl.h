@@ -96,6 +96,19 @@ int verb_host_sessions_del(int argc, char *argv[]);
 int verb_host_affinity(int argc, char *argv[]);
 int verb_host_conns(int argc, char *argv[]);
 
+/* pki.c: a farm CA and node certificates (lib/pki.c). */
+enum {
+        PKI_OPT_DIR = 0x300,
+        PKI_OPT_NAME,
+        PKI_OPT_DAYS,
+        PKI_OPT_FORCE,
+        PKI_OPT_IP,
+        PKI_OPT_DNS,
+};
+int pki_parse_option(int val, const char *arg);
+int verb_pki_init(int argc, char *argv[]);
+int verb_pki_issue(int argc, char *argv[]);
+
 /* ---- output helpers (tsctl.c) ------------------------------------------ */
 
 /* A two-column "key  value" table for human output. Rows are kept until
