@@ -56,6 +56,16 @@ static const struct tsf_config_item agent_items[] = {
         {"host", "drain", tsf_config_parse_bool, OFF(host.drain), 0, 0},
         {"host", "pin-root", tsf_config_parse_path, OFF(host.pin_root), 0, 0},
         {"host", "cgroup", tsf_config_parse_path, OFF(host.cgroup), 0, 0},
+        {"directory", "database", tsf_config_parse_path, OFF(directory.database), 0, 0},
+        {"directory", "listen", tsf_config_parse_endpoint, OFF(directory.listen), 0, 0},
+        {"directory", "certificate", tsf_config_parse_path, OFF(directory.certificate), 0, 0},
+        {"directory", "key", tsf_config_parse_path, OFF(directory.key), 0, 0},
+        {"directory", "ca", tsf_config_parse_path, OFF(directory.ca), 0, 0},
+        {"directory", "socket", tsf_config_parse_path, OFF(directory.socket), 0, 0},
+        {"directory", "heartbeat-lapse", tsf_config_parse_duration, OFF(directory.heartbeat_lapse),
+         USEC_PER_SEC, USEC_PER_DAY},
+        {"directory", "allow-multiple-sessions", tsf_config_parse_bool,
+         OFF(directory.allow_multiple_sessions), 0, 0},
 };
 
 const struct host_node_config *host_config_find_node(const struct host_config *h, const char *name) {
@@ -268,6 +278,42 @@ static void host_config_done(struct host_config *h) {
         free(h->cgroup);
 }
 
+static void directory_config_defaults(struct directory_config *d) {
+        d->listen = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(7400)};
+        d->heartbeat_lapse = 30 * USEC_PER_SEC;
+}
+
+static void directory_config_done(struct directory_config *d) {
+        free(d->database);
+        free(d->certificate);
+        free(d->key);
+        free(d->ca);
+        free(d->socket);
+}
+
+/* The paths that default to a place under the agent's directories, and the
+ * TLS files, which come all together or not at all (then: only the UNIX
+ * socket serves). */
+static int directory_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
+        struct directory_config *d = &c->directory;
+        int n_tls = !!d->certificate + !!d->key + !!d->ca;
+
+        if (n_tls != 0 && n_tls != 3) {
+                snprintf(err, err_size,
+                         "%s: [directory] certificate, key and ca go together (give all three)", c->path);
+                return -EINVAL;
+        }
+        if (!d->database && asprintf(&d->database, "%s/directory.db", c->state_directory) < 0) {
+                d->database = NULL;
+                return -ENOMEM;
+        }
+        if (!d->socket && asprintf(&d->socket, "%s/directory.sock", c->runtime_directory) < 0) {
+                d->socket = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
 void tsagent_config_free(struct tsagent_config *c) {
         if (!c)
                 return;
@@ -277,6 +323,7 @@ void tsagent_config_free(struct tsagent_config *c) {
         free(c->state_directory);
         free(c->runtime_directory);
         host_config_done(&c->host);
+        directory_config_done(&c->directory);
         free(c);
 }
 
@@ -297,6 +344,7 @@ int tsagent_config_load(const char *path, struct tsagent_config **ret, char *err
                 return -ENOMEM;
         c->log_level = LOG_INFO;
         host_config_defaults(&c->host);
+        directory_config_defaults(&c->directory);
         c->path = strdup(path);
         if (!c->path)
                 return -ENOMEM;
@@ -334,6 +382,9 @@ int tsagent_config_load(const char *path, struct tsagent_config **ret, char *err
         if (r < 0)
                 return r;
         r = host_config_verify(c, err, err_size);
+        if (r < 0)
+                return r;
+        r = directory_config_verify(c, err, err_size);
         if (r < 0)
                 return r;
 

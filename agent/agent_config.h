@@ -62,6 +62,18 @@ struct host_config {
         size_t n_sessions;
 };
 
+/* [directory]: the directory role (docs/directory.md, "The API"). */
+struct directory_config {
+        char *database;               /* default: <state-directory>/directory.db */
+        struct sockaddr_in listen;    /* the TLS listener; default 0.0.0.0:7400 */
+        char *certificate;            /* this node's certificate (CN = node-name) */
+        char *key;                    /* its key */
+        char *ca;                     /* the farm CA */
+        char *socket;                 /* default: <runtime-directory>/directory.sock */
+        usec_t heartbeat_lapse;       /* a node silent this long is down */
+        bool allow_multiple_sessions; /* false: one session per user */
+};
+
 struct tsagent_config {
         char *path; /* where it came from, for messages and reload */
 
@@ -74,6 +86,7 @@ struct tsagent_config {
         char *runtime_directory;
 
         struct host_config host;
+        struct directory_config directory;
 };
 
 /* The [node NAME] entry for `name`, or NULL. */

@@ -7,6 +7,7 @@
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
+#include "agent/directory/directory.h"
 #include "agent/host/host.h"
 #include "manager.h"
 #include "tsfarm/clock.h"
@@ -17,7 +18,7 @@
  * entry is refused at start-up rather than silently ignored. */
 static const struct tsagent_role_ops *const role_ops[_TSAGENT_ROLE_MAX] = {
         [TSAGENT_ROLE_HOST] = &host_role_ops,
-        [TSAGENT_ROLE_DIRECTORY] = NULL,
+        [TSAGENT_ROLE_DIRECTORY] = &directory_role_ops,
         [TSAGENT_ROLE_LICENSING] = NULL,
 };
 
