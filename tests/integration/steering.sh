@@ -42,7 +42,7 @@ rec=$FARM_DIR/served.log
 # (sk_lookup's affinity fast path assumes no more, see docs/bpf.md).
 declare -A src
 i=150
-for u in alice bob carol dave erin frank grace resetme bulk half nobody; do
+for u in alice bob carol dave erin frank grace resetme bulk half nobody stale stale2; do
         src[$u]=10.239.0.$i
         farm_exec "$client" ip addr add "10.239.0.$i/32" dev eth0
         i=$((i + 1))
@@ -170,6 +170,24 @@ expect "half-close propagates (client EOF reaches node1, its reply still arrives
         "served-by node1 user half bye node1" "$out"
 expect "a backend reset reaches the client as a reset" "reset after" \
         "$(probe node2 resetme --user resetme)"
+
+# ---- stale legs: the same user again resets the old relayed connection -------
+farm_exec node2 "$TSAGENT_BUILD/tsctl" host sessions set stale 1 >/dev/null
+old=$FARM_DIR/stale.out
+probe node2 stale --user stale --wait-file "$FARM_DIR/stale.go" --timeout 20 >"$old" 2>&1 &
+old_pid=$!
+farm_wait_until 10 grep -q "served-by" "$old" || true
+expect "the same user reconnecting from elsewhere is served" "served-by node1 user stale" \
+        "$(probe node2 stale2 --user stale)"
+touch "$FARM_DIR/stale.go"
+wait "$old_pid" || true
+expect "... and the old relayed connection was closed (stale leg)" "served-by node1 user stale echo lost" \
+        "$(tr '\n' ' ' <"$old")"
+if grep -q "Resetting stale connection" "$(farm_log agent-node2-1)"; then
+        farm_pass "stale leg reset logged"
+else
+        farm_fail "stale leg reset logged" "no log line" "$(farm_log agent-node2-1)"
+fi
 
 # ---- SIGHUP reload keeps relayed connections --------------------------------------
 held=$FARM_DIR/held.out

@@ -108,9 +108,12 @@ def main():
         # agent meanwhile), then check it still carries data both ways.
         while not os.path.exists(a.wait_file) and time.monotonic() < deadline:
             time.sleep(0.01)
-        s.sendall(b"still-here\n")
-        echo, _ = readline(s, deadline)
-        print("echo ok" if echo == b"still-here\n" else f"echo lost {echo!r}")
+        try:
+            s.sendall(b"still-here\n")
+            echo, _ = readline(s, deadline)
+        except OSError as e:
+            echo = f"({e.__class__.__name__})".encode()
+        print("echo ok" if echo == b"still-here\n" else f"echo lost {echo.decode(errors='replace')}")
     elif a.half_close:
         s.shutdown(socket.SHUT_WR)
         rest, _ = readline(s, deadline)
