@@ -56,6 +56,10 @@ static const struct tsf_config_item agent_items[] = {
         {"host", "drain", tsf_config_parse_bool, OFF(host.drain), 0, 0},
         {"host", "pin-root", tsf_config_parse_path, OFF(host.pin_root), 0, 0},
         {"host", "cgroup", tsf_config_parse_path, OFF(host.cgroup), 0, 0},
+        {"host", "directory", tsf_config_parse_string, OFF(host.directory), 0, 0},
+        {"host", "certificate", tsf_config_parse_path, OFF(host.directory_certificate), 0, 0},
+        {"host", "key", tsf_config_parse_path, OFF(host.directory_key), 0, 0},
+        {"host", "ca", tsf_config_parse_path, OFF(host.directory_ca), 0, 0},
         {"directory", "database", tsf_config_parse_path, OFF(directory.database), 0, 0},
         {"directory", "listen", tsf_config_parse_endpoint, OFF(directory.listen), 0, 0},
         {"directory", "certificate", tsf_config_parse_path, OFF(directory.certificate), 0, 0},
@@ -239,6 +243,16 @@ static int host_config_verify(struct tsagent_config *c, char *err, size_t err_si
                          c->node_name);
                 return -EINVAL;
         }
+        if (h->directory && (strncmp(h->directory, "https://", 8) != 0 || !h->directory[8])) {
+                snprintf(err, err_size, "%s: [host] directory: '%s' is not an https://ADDR:PORT URL",
+                         c->path, h->directory);
+                return -EINVAL;
+        }
+        /* Mutual TLS: the directory knows a node only by its certificate. */
+        if (h->directory && (!h->directory_certificate || !h->directory_key || !h->directory_ca)) {
+                snprintf(err, err_size, "%s: [host] directory needs certificate, key and ca", c->path);
+                return -EINVAL;
+        }
         if (h->local_backend.sin_port == 0)
                 h->local_backend.sin_port = htons(h->rdp_port);
         return 0;
@@ -276,6 +290,10 @@ static void host_config_done(struct host_config *h) {
         free(h->sessions);
         free(h->pin_root);
         free(h->cgroup);
+        free(h->directory);
+        free(h->directory_certificate);
+        free(h->directory_key);
+        free(h->directory_ca);
 }
 
 static void directory_config_defaults(struct directory_config *d) {

@@ -55,6 +55,11 @@ struct host_config {
         bool drain;
         char *pin_root;
         char *cgroup; /* NULL: the cgroup2 mount */
+        /* Following the directory (agent/host/dirclient.h); NULL: none. */
+        char *directory; /* "https://ADDR:PORT" */
+        char *directory_certificate;
+        char *directory_key;
+        char *directory_ca;
 
         struct host_node_config *nodes;
         size_t n_nodes;

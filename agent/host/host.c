@@ -9,6 +9,7 @@
 
 #include "agent/host/addrs.h"
 #include "agent/host/datapath.h"
+#include "agent/host/dirclient.h"
 #include "agent/host/gateway.h"
 #include "agent/host/host.h"
 #include "agent/host/sockdiag.h"
@@ -22,6 +23,7 @@ struct host {
         struct datapath *datapath;
         struct gateway *gateway;
         struct host_addrs *addrs;
+        struct dirclient *dirclient; /* NULL: no [host] directory */
         uint64_t events_seen;
 };
 
@@ -439,6 +441,14 @@ static int host_start(void *userdata) {
         r = datapath_set_gateway(h->datapath, gateway_fd(h->gateway));
         if (r < 0)
                 return log_error_errno(r, "Failed to put the gateway socket into the BPF gateway map: %m");
+        /* The directory's sessions replace [sessions] once its snapshot
+         * arrives; until then (and while it is unreachable) steering goes on
+         * from what the map holds. */
+        if (h->config->directory) {
+                r = dirclient_start(h->manager->config, h->self, h->datapath, &h->dirclient);
+                if (r < 0)
+                        return r;
+        }
         (void)gateway_get_address(h->gateway, &listen);
         log_info(
                 "Host role started: node %s (id %u), RDP port %u, gateway on %s:%u, local RDP server %s:%u.",
@@ -459,6 +469,9 @@ static int host_reload(void *userdata, const struct tsagent_config *c) {
         if (strcmp(old->pin_root, c->host.pin_root) != 0 ||
             memcmp(&old->gateway_listen, &c->host.gateway_listen, sizeof(old->gateway_listen)) != 0)
                 log_warning("pin-root and gateway-listen change only on restart, ignoring the new values.");
+        if (!!old->directory != !!c->host.directory ||
+            (old->directory && strcmp(old->directory, c->host.directory) != 0))
+                log_warning("[host] directory changes only on restart, ignoring the new value.");
         if (!self)
                 return -EINVAL;
         h->config = &c->host;
@@ -466,7 +479,8 @@ static int host_reload(void *userdata, const struct tsagent_config *c) {
         r = datapath_set_config(h->datapath, self->id, c->host.rdp_port);
         if (r >= 0)
                 r = host_sync_nodes(h);
-        if (r >= 0)
+        /* With a directory, the worker owns the sessions map. */
+        if (r >= 0 && !h->dirclient)
                 r = host_sync_sessions(h);
         if (r < 0) {
                 h->config = old;
@@ -484,6 +498,8 @@ static void host_free(void *userdata) {
         /* The gateway first: its socket leaves the sockmap as it closes, so
          * new connections fail open to the local RDP server from here on. */
         gateway_free(h->gateway);
+        /* The worker writes the sessions map: it stops before the datapath goes. */
+        dirclient_free(h->dirclient);
         host_addrs_free(h->addrs);
         datapath_free(h->datapath);
         free(h);

@@ -142,6 +142,10 @@ static void test_host_cross_checks(void **state) {
                 {"[host]\nlocal-backend = 127.0.0.1:0\n", "is not an IPv4 address with an optional :port"},
                 {"[host]\nbackend-source = 127.0.0.1:5\n", "'127.0.0.1:5' is not an IPv4 address"},
                 {"[host]\nrelay-buffer = 1K\n", "'1K' is not a size in 4096..67108864 bytes"},
+                {"[host]\ndirectory = http://10.0.0.1:7400\n", "is not an https://ADDR:PORT URL"},
+                {"[host]\ndirectory = https://\n", "is not an https://ADDR:PORT URL"},
+                {"[host]\ndirectory = https://10.0.0.1:7400\ncertificate = /c.crt\nkey = /c.key\n",
+                 "[host] directory needs certificate, key and ca"},
         };
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
