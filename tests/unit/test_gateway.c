@@ -1146,22 +1146,24 @@ static void test_bulk_both_ways_intact(void **state) {
         free(down);
 }
 
-static void test_half_close_from_client(void **state) {
-        struct farm *f = *state;
-        uint8_t *down = pattern_new(7);
+/* One side is done sending: the other reads the rest, then EOF, and can
+ * still answer in full until it is done too. */
+static void half_close_case(struct farm *f, bool from_client, unsigned seed) {
+        uint8_t *pattern = pattern_new(seed);
         struct leg_pair p = open_relayed(f, "Cookie: mstshash=alice", BACKEND_LOCAL);
-        struct stream w = {.fd = p.backend, .writer = true, .size = 4 << 20, .pattern = down};
-        struct stream r = {.fd = p.client, .writer = false, .pattern = down};
+        int closer = from_client ? p.client : p.backend, other = from_client ? p.backend : p.client;
+        const char *words = from_client ? "last words" : "goodbye";
+        size_t n = strlen(words);
+        struct stream w = {.fd = other, .writer = true, .size = 4 << 20, .pattern = pattern};
+        struct stream r = {.fd = closer, .writer = false, .pattern = pattern};
         char buf[16];
 
-        /* The client is done sending: the backend reads the rest, then EOF. */
-        write_all(p.client, "last words", 10);
-        assert_int_equal(shutdown(p.client, SHUT_WR), 0);
-        assert_int_equal(read_within(p.backend, buf, 10, 2000), 10);
-        assert_memory_equal(buf, "last words", 10);
-        assert_int_equal(wait_closed(p.backend, 2000), 0);
+        write_all(closer, words, n);
+        assert_int_equal(shutdown(closer, SHUT_WR), 0);
+        assert_int_equal(read_within(other, buf, n, 2000), n);
+        assert_memory_equal(buf, words, n);
+        assert_int_equal(wait_closed(other, 2000), 0);
 
-        /* ... and can still answer, in full, until it is done too. */
         stream_start(&w);
         stream_run(&r);
         stream_join(&w, 60);
@@ -1170,32 +1172,15 @@ static void test_half_close_from_client(void **state) {
         assert_int_equal(r.done, 4 << 20);
         assert_true(farm_wait(f, closed_is, 1, 2000));
         close_pair(&p);
-        free(down);
+        free(pattern);
+}
+
+static void test_half_close_from_client(void **state) {
+        half_close_case(*state, true, 7);
 }
 
 static void test_half_close_from_backend(void **state) {
-        struct farm *f = *state;
-        uint8_t *up = pattern_new(11);
-        struct leg_pair p = open_relayed(f, "Cookie: mstshash=alice", BACKEND_LOCAL);
-        struct stream w = {.fd = p.client, .writer = true, .size = 4 << 20, .pattern = up};
-        struct stream r = {.fd = p.backend, .writer = false, .pattern = up};
-        char buf[16];
-
-        write_all(p.backend, "goodbye", 7);
-        assert_int_equal(shutdown(p.backend, SHUT_WR), 0);
-        assert_int_equal(read_within(p.client, buf, 7, 2000), 7);
-        assert_memory_equal(buf, "goodbye", 7);
-        assert_int_equal(wait_closed(p.client, 2000), 0);
-
-        stream_start(&w);
-        stream_run(&r);
-        stream_join(&w, 60);
-        assert_int_equal(w.error, 0);
-        assert_int_equal(r.error, 0);
-        assert_int_equal(r.done, 4 << 20);
-        assert_true(farm_wait(f, closed_is, 1, 2000));
-        close_pair(&p);
-        free(up);
+        half_close_case(*state, false, 11);
 }
 
 static bool reset_seen(const struct gateway_stats *s, uint64_t which) {
