@@ -455,31 +455,15 @@ static char *session_user_display(const struct tsf_session_key *k, bool for_json
 
 /* ---- column tables ----------------------------------------------------- */
 
-/* A table with a header row, every column as wide as its widest cell,
- * two spaces between columns, numbers right-aligned, no trailing blanks.
- * Like tsctl_table, running out of memory is remembered and reported by
- * columns_print(), so adding cells needs no checks. */
-struct column {
-        const char *header;
-        bool right;
-};
+/* Shared with directory.c; struct columns is in tsctl.h. */
 
-struct columns {
-        const struct column *cols;
-        size_t ncols;
-        char **cells;
-        size_t n, allocated;
-        bool oom;
-};
-
-static void columns_done(struct columns *t) {
+void columns_done(struct columns *t) {
         for (size_t i = 0; i < t->n; i++)
                 free(t->cells[i]);
         free(t->cells);
 }
 
-static void columns_add(struct columns *t, const char *format, ...) _printf_(2, 3);
-static void columns_add(struct columns *t, const char *format, ...) {
+void columns_add(struct columns *t, const char *format, ...) {
         char *cell;
         va_list ap;
         int r;
@@ -530,7 +514,7 @@ static void print_cell(FILE *f, const struct column *c, const char *s, size_t wi
         fputs(last ? "\n" : "  ", f);
 }
 
-static int columns_print(const struct columns *t, FILE *f) {
+int columns_print(const struct columns *t, FILE *f) {
         size_t width[16] = {};
 
         if (t->oom)

@@ -260,6 +260,25 @@ static const struct tsctl_verb pki_verbs[] = {
         {},
 };
 
+static const struct tsctl_option directory_options[] = {
+        {"directory-socket", "PATH", DIRECTORY_OPT_SOCKET, "The directory's UNIX socket"},
+        {},
+};
+
+static const struct tsctl_option drain_options[] = {
+        {"until-restart", NULL, DIRECTORY_OPT_UNTIL_RESTART, "Until the node's tsagent restarts"},
+        {"directory-socket", "PATH", DIRECTORY_OPT_SOCKET, "The directory's UNIX socket"},
+        {},
+};
+
+/* Said once, shown by every directory command. */
+#define DIRECTORY_HELP_SOCKET                                                           \
+        "Talks to tsagent's directory role over its UNIX socket: --directory-socket,\n" \
+        "else $TSFARM_DIRECTORY_SOCKET, else /run/tsfarm/directory.sock ([directory]\n" \
+        "socket in tsagent.conf). The socket admits root only. Times are UTC.\n"        \
+        "Exit status: 0 success, 1 the directory refused (its reason is printed)\n"     \
+        "or could not be reached, 2 usage error or failure.\n"
+
 static const struct tsctl_verb verbs[] = {
         {
                 .name = "decode-cr",
@@ -322,6 +341,77 @@ static const struct tsctl_verb verbs[] = {
                             "tsctl pki issue --dir /root/farm-ca ts1 --ip 10.0.0.1\n",
         },
         {
+                .name = "nodes",
+                .synopsis = "[--directory-socket PATH] [--json]",
+                .fn = verb_nodes,
+                .options = directory_options,
+                .parse_option = directory_parse_option,
+                .summary = "Show the farm's nodes as the directory sees them",
+                .help = "Shows every node registered with the directory: up or down (its\n"
+                        "heartbeats), drain state (enabled, disabled, drain-until-restart),\n"
+                        "placement weight, sessions and session limit (\"-\": none), addresses and\n"
+                        "last heartbeat. --json prints the directory's node objects.\n"
+                        "\n" DIRECTORY_HELP_SOCKET,
+                .examples = "tsctl nodes\n"
+                            "tsctl nodes --json | jq -r '.nodes[] | select(.up | not) | .name'\n"
+                            "tsctl --json nodes --directory-socket /run/tsfarm-test/directory.sock\n",
+        },
+        {
+                .name = "sessions",
+                .synopsis = "[USER] [--directory-socket PATH] [--json]",
+                .min_args = 0,
+                .max_args = 1,
+                .fn = verb_sessions,
+                .options = directory_options,
+                .parse_option = directory_parse_option,
+                .summary = "Show the farm's sessions, or one user's",
+                .help = "Shows the sessions the directory knows, or only USER's (compared\n"
+                        "without regard to case): user, node, the session's id on that node,\n"
+                        "state (active, disconnected, lost: its node went down), device, client\n"
+                        "address, logon time and when the state last changed. --json prints the\n"
+                        "directory's session objects.\n"
+                        "\n" DIRECTORY_HELP_SOCKET,
+                .examples =
+                        "tsctl sessions\n"
+                        "tsctl sessions alice\n"
+                        "tsctl sessions --json | jq -r '.sessions[] | select(.state == \"lost\") | .user'\n",
+        },
+        {
+                .name = "drain",
+                .synopsis = "NODE [--until-restart] [--directory-socket PATH] [--json]",
+                .min_args = 1,
+                .max_args = 1,
+                .fn = verb_drain,
+                .options = drain_options,
+                .parse_option = directory_parse_option,
+                .summary = "Stop placing new sessions on a node",
+                .help = "Tells the directory to place no new logons on NODE (state \"disabled\");\n"
+                        "users with a session there still reconnect to it. With --until-restart\n"
+                        "(\"drain-until-restart\") the node takes logons again once its tsagent\n"
+                        "restarts and registers anew, e.g. after a reboot for updates. Prints the\n"
+                        "node's row as the directory now has it.\n"
+                        "\n" DIRECTORY_HELP_SOCKET,
+                .examples =
+                        "tsctl drain ts2\n"
+                        "tsctl drain ts2 --until-restart && ssh ts2 reboot\n"
+                        "tsctl sessions --json | jq '[.sessions[] | select(.node == \"ts2\")] | length'\n",
+        },
+        {
+                .name = "undrain",
+                .synopsis = "NODE [--directory-socket PATH] [--json]",
+                .min_args = 1,
+                .max_args = 1,
+                .fn = verb_undrain,
+                .options = directory_options,
+                .parse_option = directory_parse_option,
+                .summary = "Place new sessions on a drained node again",
+                .help = "Tells the directory to place new logons on NODE again (state\n"
+                        "\"enabled\"), ending \"tsctl drain\" with or without --until-restart.\n"
+                        "Prints the node's row as the directory now has it.\n"
+                        "\n" DIRECTORY_HELP_SOCKET,
+                .examples = "tsctl undrain ts2\n",
+        },
+        {
                 .name = "help",
                 .synopsis = "[COMMAND...]",
                 .min_args = 0,
@@ -352,6 +442,7 @@ static const struct tsctl_option common_options[] = {
 static const struct tsctl_option global_options[] = {
         {"version", NULL, OPT_VERSION, "Print the version and exit"},
         {"pin-root", "DIR", HOST_OPT_PIN_ROOT, PIN_ROOT_HELP},
+        {"directory-socket", "PATH", DIRECTORY_OPT_SOCKET, "The directory's UNIX socket"},
         {},
 };
 
@@ -667,6 +758,10 @@ static int parse_global(int argc, char *argv[]) {
                         break;
                 case HOST_OPT_PIN_ROOT:
                         if (host_parse_option(c, optarg) < 0)
+                                return -TSCTL_EXIT_TROUBLE;
+                        break;
+                case DIRECTORY_OPT_SOCKET:
+                        if (directory_parse_option(c, optarg) < 0)
                                 return -TSCTL_EXIT_TROUBLE;
                         break;
                 default:

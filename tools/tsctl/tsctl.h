@@ -109,6 +109,17 @@ int pki_parse_option(int val, const char *arg);
 int verb_pki_init(int argc, char *argv[]);
 int verb_pki_issue(int argc, char *argv[]);
 
+/* directory.c: the directory role's API over its UNIX socket. */
+enum {
+        DIRECTORY_OPT_SOCKET = 0x400,
+        DIRECTORY_OPT_UNTIL_RESTART,
+};
+int directory_parse_option(int val, const char *arg);
+int verb_nodes(int argc, char *argv[]);
+int verb_sessions(int argc, char *argv[]);
+int verb_drain(int argc, char *argv[]);
+int verb_undrain(int argc, char *argv[]);
+
 /* ---- output helpers (tsctl.c) ------------------------------------------ */
 
 /* A two-column "key  value" table for human output. Rows are kept until
@@ -140,6 +151,29 @@ bool tsctl_utf8_valid(const char *s, size_t len);
  * marked byte. Offsets are absolute. Every line starts with `indent`. */
 void tsctl_hexdump_excerpt(FILE *f, const uint8_t *buf, size_t len, size_t mark, unsigned context,
                            const char *indent);
+
+/* A table with a header row, every column as wide as its widest cell,
+ * two spaces between columns, numbers right-aligned, no trailing blanks
+ * (host.c). Like tsctl_table, running out of memory is remembered and
+ * reported by columns_print(), so adding cells needs no checks. */
+struct column {
+        const char *header;
+        bool right;
+};
+
+struct columns {
+        const struct column *cols;
+        size_t ncols;
+        char **cells;
+        size_t n, allocated;
+        bool oom;
+};
+
+void columns_done(struct columns *t);
+/* Adds the next cell, row by row. */
+void columns_add(struct columns *t, const char *format, ...) __attribute__((format(printf, 2, 3)));
+/* Returns 0, or -ENOMEM (logged, nothing printed) if a cell was lost. */
+int columns_print(const struct columns *t, FILE *f);
 
 /* Prints a JSON value to stdout, indented, with a final newline. Returns 0
  * or a negative errno (logged). */
