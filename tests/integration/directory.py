@@ -8,106 +8,23 @@ lost, the change feed's long poll, refusals that change nothing, and a
 restart that loses nothing. Loopback only; certificates from `tsctl pki`;
 run as root (the UNIX socket admits root only)."""
 
-import http.client
 import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "lib"))
-from tsftest import NotifySocket, build_dir, check, finish, wait_for  # noqa: E402
+from tsftest import NotifySocket, check, finish, wait_for  # noqa: E402
+from dirtest import TSAGENT, Directory, UnixConnection  # noqa: E402
 
-TSAGENT = os.path.join(build_dir(), "tsagent")
-TSCTL = os.path.join(build_dir(), "tsctl")
-work = tempfile.mkdtemp(prefix="tsfarm-directory-test-")
-conf = os.path.join(work, "tsagent.conf")
-ca_dir = os.path.join(work, "ca")
-evil_dir = os.path.join(work, "evil")
-sock_path = os.path.join(work, "run", "directory.sock")
-
-
-def pki(*args):
-    subprocess.run([TSCTL, "pki", *args], check=True, capture_output=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-for d in (ca_dir, evil_dir):
-    os.mkdir(d, 0o700)
-pki("init", "--dir", ca_dir, "--name", "test", "--days", "2")
-for n in ("dir", "n1", "n2"):
-    pki("issue", "--dir", ca_dir, n, "--ip", "127.0.0.1", "--days", "1")
-pki("init", "--dir", evil_dir, "--name", "evil", "--days", "2")
-pki("issue", "--dir", evil_dir, "n1", "--ip", "127.0.0.1", "--days", "1")
-
-port = free_port()
-with open(conf, "w") as f:
-    f.write(f"""[agent]
-roles = directory
-node-name = dir
-state-directory = {work}/state
-runtime-directory = {work}/run
-
-[directory]
-listen = 127.0.0.1:{port}
-certificate = {ca_dir}/dir.crt
-key = {ca_dir}/dir.key
-ca = {ca_dir}/ca.crt
-heartbeat-lapse = 2s
-""")
-
-
-def ctx(cert=None, ca=ca_dir):
-    c = ssl.create_default_context(cafile=os.path.join(ca_dir, "ca.crt"))
-    if cert:
-        c.load_cert_chain(os.path.join(ca, cert + ".crt"), os.path.join(ca, cert + ".key"))
-    return c
-
-
-def call(node, method, path, body=None, raw=None, ca=ca_dir, timeout=10):
-    """One request as `node` (None: no certificate). Returns (status,
-    parsed body or None); an exception from the TLS layer propagates."""
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(node, ca), timeout=timeout)
-    try:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        conn.request(method, path, body=data, headers=headers)
-        r = conn.getresponse()
-        text = r.read()
-        return r.status, (json.loads(text) if text else None)
-    finally:
-        conn.close()
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(10)
-        self.sock.connect(sock_path)
-
-
-def local(method, path, body=None):
-    conn = UnixConnection("localhost")
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data,
-                     headers={"Content-Type": "application/json"} if data else {})
-        r = conn.getresponse()
-        text = r.read()
-        return r.status, (json.loads(text) if text else None)
-    finally:
-        conn.close()
+d = Directory("tsfarm-directory-test-", "2s", evil=True)
+work, ca_dir, evil_dir = d.work, d.ca_dir, d.evil_dir
+call, local = d.call, d.local
 
 
 bad = os.path.join(work, "bad.conf")
@@ -122,9 +39,7 @@ logs = []
 
 
 def start_agent():
-    env = dict(os.environ, NOTIFY_SOCKET=ns.path, TSFARM_LOG_TARGET="stderr")
-    p = subprocess.Popen([TSAGENT, "--config", conf], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = d.start(ns.path)
     return p, ns.wait("READY=1", timeout=10) is not None
 
 
@@ -334,7 +249,7 @@ st, b = call("n2", "POST", "/v1/logon-query", {"user": "alice", "entry_node": "n
 check("alice is not sent to her lost session", st == 200 and b["answer"] == "placed" and b["node"] == "n2",
       f"{st} {b}")
 
-conn = UnixConnection("localhost")
+conn = UnixConnection(d.sock_path)
 conn.request("GET", "/metrics")
 metrics = conn.getresponse().read().decode()
 conn.close()

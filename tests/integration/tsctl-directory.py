@@ -7,75 +7,21 @@ Tables and --json, the directory's refusals and an unreachable socket.
 Certificates from `tsctl pki`; run as root (the UNIX socket admits root
 only)."""
 
-import http.client
 import json
 import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "lib"))
-from tsftest import NotifySocket, build_dir, check, finish  # noqa: E402
+from tsftest import NotifySocket, check, finish  # noqa: E402
+from dirtest import TSCTL, Directory  # noqa: E402
 
-TSAGENT = os.path.join(build_dir(), "tsagent")
-TSCTL = os.path.join(build_dir(), "tsctl")
-work = tempfile.mkdtemp(prefix="tsfarm-tsctl-directory-test-")
-conf = os.path.join(work, "tsagent.conf")
-ca_dir = os.path.join(work, "ca")
-sock_path = os.path.join(work, "run", "directory.sock")
-
-
-def pki(*args):
-    subprocess.run([TSCTL, "pki", *args], check=True, capture_output=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-os.mkdir(ca_dir, 0o700)
-pki("init", "--dir", ca_dir, "--name", "test", "--days", "2")
-for n in ("dir", "n1", "n2"):
-    pki("issue", "--dir", ca_dir, n, "--ip", "127.0.0.1", "--days", "1")
-
-port = free_port()
 # A long heartbeat lapse: the test sends none, and the nodes must stay up.
-with open(conf, "w") as f:
-    f.write(f"""[agent]
-roles = directory
-node-name = dir
-state-directory = {work}/state
-runtime-directory = {work}/run
-
-[directory]
-listen = 127.0.0.1:{port}
-certificate = {ca_dir}/dir.crt
-key = {ca_dir}/dir.key
-ca = {ca_dir}/ca.crt
-heartbeat-lapse = 10min
-""")
-
-
-def call(node, method, path, body=None):
-    """One request as `node` over mutual TLS; (status, parsed body)."""
-    c = ssl.create_default_context(cafile=os.path.join(ca_dir, "ca.crt"))
-    c.load_cert_chain(os.path.join(ca_dir, node + ".crt"), os.path.join(ca_dir, node + ".key"))
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=c, timeout=10)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data,
-                     headers={"Content-Type": "application/json"} if data is not None else {})
-        r = conn.getresponse()
-        text = r.read()
-        return r.status, (json.loads(text) if text else None)
-    finally:
-        conn.close()
+d = Directory("tsfarm-tsctl-directory-test-", "10min")
+work, sock_path, call = d.work, d.sock_path, d.call
 
 
 def tsctl(*args, sock=sock_path):
@@ -96,9 +42,7 @@ def node_of(doc, name):
 
 
 ns = NotifySocket()
-env = dict(os.environ, NOTIFY_SOCKET=ns.path, TSFARM_LOG_TARGET="stderr")
-agent = subprocess.Popen([TSAGENT, "--config", conf], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+agent = d.start(ns.path)
 if not check("tsagent with roles = directory sends READY=1", ns.wait("READY=1", timeout=10) is not None,
              "no READY=1"):
     agent.kill()
