@@ -1,19 +1,26 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The API client: libcurl's easy interface, one handle per client so that
- * consecutive calls reuse the connection (and the TLS session). https://
- * URLs present our node certificate and verify the server against the farm
- * CA, host name included; a unix_path sends plain HTTP over the local
- * socket instead.
+ * The API client on libcurl. https:// URLs present our node certificate
+ * and verify the server against the farm CA, host name included; a
+ * unix_path sends plain HTTP over the local socket instead.
  *
- * Synchronous on purpose for now: tsctl is its first user. An agent role
- * calling peers from its event loop needs the multi interface on sd-event
- * (CURLMOPT_SOCKETFUNCTION/TIMERFUNCTION), which is not written yet.
+ * Two ways to call:
+ *  - tsf_api_client_call(): synchronous, on the client's own easy handle
+ *    (tsctl, tests), keeping the connection for the next call;
+ *  - tsf_api_client_start(): asynchronous on an sd-event loop through the
+ *    multi interface. curl tells us which sockets to watch
+ *    (CURLMOPT_SOCKETFUNCTION: one sd-event io source per socket) and when
+ *    to call it back (CURLMOPT_TIMERFUNCTION: one timer source); the loop
+ *    drives curl_multi_socket_action(). Calls run concurrently and share
+ *    the multi handle's connection cache, so a long poll, a heartbeat and a
+ *    logon query proceed side by side without a thread.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <time.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -26,18 +33,37 @@
 #define CLIENT_TIMEOUT_DEFAULT (30 * USEC_PER_SEC)
 #define CLIENT_RESPONSE_MAX_DEFAULT ((size_t)16 * 1024 * 1024)
 
+struct buffer {
+        char *data;
+        size_t len, max;
+        bool overflow;
+};
+
+struct tsf_api_call {
+        struct tsf_api_client *client;
+        struct tsf_api_call *prev, *next;
+        CURL *easy;
+        struct curl_slist *headers;
+        char *body;
+        struct buffer answer;
+        char error[CURL_ERROR_SIZE];
+        char *what; /* "METHOD URL", for the debug log */
+        tsf_api_done_t done;
+        void *userdata;
+};
+
 struct tsf_api_client {
         CURL *curl;
         char *ca_file, *cert_file, *key_file, *unix_path;
         usec_t timeout;
         size_t response_max;
         char error[CURL_ERROR_SIZE];
-};
 
-struct buffer {
-        char *data;
-        size_t len, max;
-        bool overflow;
+        /* Asynchronous calls (tsf_api_client_attach_event). */
+        sd_event *event;
+        CURLM *multi;
+        sd_event_source *timer;
+        struct tsf_api_call *calls;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -88,9 +114,38 @@ int tsf_api_client_new(const struct tsf_api_client_config *config, struct tsf_ap
         return 0;
 }
 
+static void call_free(struct tsf_api_call *call) {
+        struct tsf_api_client *c = call->client;
+
+        if (call->prev)
+                call->prev->next = call->next;
+        else
+                c->calls = call->next;
+        if (call->next)
+                call->next->prev = call->prev;
+        if (call->easy) {
+                if (c->multi)
+                        (void)curl_multi_remove_handle(c->multi, call->easy);
+                curl_easy_cleanup(call->easy);
+        }
+        curl_slist_free_all(call->headers);
+        free(call->body);
+        free(call->answer.data);
+        free(call->what);
+        free(call);
+}
+
 struct tsf_api_client *tsf_api_client_free(struct tsf_api_client *c) {
         if (!c)
                 return NULL;
+        while (c->calls)
+                call_free(c->calls);
+        /* Closes the cached connections; their io sources go through the
+         * socket callback (CURL_POLL_REMOVE) while the multi still exists. */
+        if (c->multi)
+                (void)curl_multi_cleanup(c->multi);
+        sd_event_source_disable_unref(c->timer);
+        sd_event_unref(c->event);
         if (c->curl)
                 curl_easy_cleanup(c->curl);
         free(c->ca_file);
@@ -148,46 +203,34 @@ static int curl_to_errno(CURLcode code) {
         }
 }
 
+
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct curl_slist *, curl_slist_free_all);
 
-int tsf_api_client_call(struct tsf_api_client *c, const char *method, const char *url, json_t *in,
-                        long *ret_status, json_t **ret_reply) {
-        _cleanup_(curl_slist_free_allp) struct curl_slist *headers = NULL;
-        _cleanup_free_ char *body = NULL;
-        struct buffer b = {.max = c->response_max};
-        _cleanup_free_ char *data = NULL;
-        long status = 0, timeout_ms = (long)MAX(c->timeout / USEC_PER_MSEC, (usec_t)1);
-        CURL *h = c->curl;
-        CURLcode code;
-
-        c->error[0] = '\0';
-        if (in) {
-                body = json_dumps(in, JSON_COMPACT);
-                if (!body)
-                        return -ENOMEM;
-        }
-        /* Options of the previous call must not leak into this one, but the
-         * connection cache must survive: curl_easy_reset() keeps it. */
-        curl_easy_reset(h);
-        headers = curl_slist_append(NULL, "Accept: application/json");
-        if (headers && body) {
-                struct curl_slist *h2 = curl_slist_append(headers, "Content-Type: application/json");
-
-                headers = h2 ? h2 : headers;
-                if (!h2)
-                        return -ENOMEM;
-        }
+static struct curl_slist *build_headers(bool has_body) {
+        static const char *const always[] = {"Accept: application/json"};
         /* curl's "Expect: 100-continue" costs a round trip (or a second)
          * for every body over 1 KiB; our bodies are small. */
-        if (headers && body) {
-                struct curl_slist *h2 = curl_slist_append(headers, "Expect:");
+        static const char *const with_body[] = {"Content-Type: application/json", "Expect:"};
+        _cleanup_(curl_slist_free_allp) struct curl_slist *list = NULL;
 
-                headers = h2 ? h2 : headers;
-                if (!h2)
-                        return -ENOMEM;
+        for (size_t i = 0; i < ELEMENTSOF(always) + (has_body ? ELEMENTSOF(with_body) : 0); i++) {
+                const char *h = i < ELEMENTSOF(always) ? always[i] : with_body[i - ELEMENTSOF(always)];
+                struct curl_slist *grown = curl_slist_append(list, h);
+
+                if (!grown)
+                        return NULL;
+                list = grown;
         }
-        if (!headers)
-                return -ENOMEM;
+        return TAKE_PTR(list);
+}
+
+/* Every option of one call. The handle is fresh or reset, so nothing of
+ * a previous call leaks into this one. */
+static CURLcode setup_easy(const struct tsf_api_client *c, CURL *h, const char *method, const char *url,
+                           const char *body, struct curl_slist *headers, struct buffer *answer, char *error,
+                           usec_t timeout) {
+        long timeout_ms = (long)MAX((timeout ? timeout : c->timeout) / USEC_PER_MSEC, (usec_t)1);
+        CURLcode code;
 
         code = curl_easy_setopt(h, CURLOPT_URL, url);
         if (code == CURLE_OK)
@@ -195,7 +238,7 @@ int tsf_api_client_call(struct tsf_api_client *c, const char *method, const char
         if (code == CURLE_OK)
                 code = curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
         if (code == CURLE_OK)
-                code = curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->error);
+                code = curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error);
         if (code == CURLE_OK)
                 code = curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L); /* threads, and no SIGALRM games */
         if (code == CURLE_OK)
@@ -208,7 +251,7 @@ int tsf_api_client_call(struct tsf_api_client *c, const char *method, const char
         if (code == CURLE_OK)
                 code = curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
         if (code == CURLE_OK)
-                code = curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+                code = curl_easy_setopt(h, CURLOPT_WRITEDATA, answer);
         if (code == CURLE_OK && body) {
                 code = curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
                 if (code == CURLE_OK)
@@ -234,40 +277,255 @@ int tsf_api_client_call(struct tsf_api_client *c, const char *method, const char
                 if (code == CURLE_OK)
                         code = curl_easy_setopt(h, CURLOPT_SSLKEY, c->key_file);
         }
-        if (code != CURLE_OK) {
-                snprintf(c->error, sizeof(c->error), "curl_easy_setopt: %s", curl_easy_strerror(code));
-                return log_debug_errno(curl_to_errno(code), "api: %s", c->error);
-        }
+        if (code != CURLE_OK)
+                snprintf(error, CURL_ERROR_SIZE, "curl_easy_setopt: %s", curl_easy_strerror(code));
+        return code;
+}
 
-        code = curl_easy_perform(h);
-        data = b.data;
-        /* The error buffer must not point at us after we return. */
+/* The outcome of a finished transfer, the same for both ways to call. */
+static int finish(CURL *h, CURLcode code, struct buffer *answer, size_t response_max, char *error,
+                  const char *what, long *ret_status, json_t **ret_reply) {
+        long status = 0;
+
+        /* The error buffer must not point at the caller's after this. */
         (void)curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
-        if (b.overflow) {
-                snprintf(c->error, sizeof(c->error), "the answer is larger than %zu bytes", c->response_max);
-                return log_debug_errno(-EFBIG, "api: %s %s: %s", method, url, c->error);
-        }
-        if (code != CURLE_OK) {
-                if (!c->error[0])
-                        snprintf(c->error, sizeof(c->error), "%s", curl_easy_strerror(code));
-                return log_debug_errno(curl_to_errno(code), "api: %s %s: %s", method, url, c->error);
-        }
-        (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-
         if (ret_reply)
                 *ret_reply = NULL;
-        if (b.len > 0 && ret_reply) {
+        if (answer->overflow) {
+                snprintf(error, CURL_ERROR_SIZE, "the answer is larger than %zu bytes", response_max);
+                return log_debug_errno(-EFBIG, "api: %s: %s", what, error);
+        }
+        if (code != CURLE_OK) {
+                if (!error[0])
+                        snprintf(error, CURL_ERROR_SIZE, "%s", curl_easy_strerror(code));
+                return log_debug_errno(curl_to_errno(code), "api: %s: %s", what, error);
+        }
+        (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        if (answer->len > 0 && ret_reply) {
                 json_error_t e;
-                json_t *v = json_loadb(data, b.len, JSON_REJECT_DUPLICATES, &e);
+                json_t *v = json_loadb(answer->data, answer->len, JSON_REJECT_DUPLICATES, &e);
 
                 if (!v) {
-                        snprintf(c->error, sizeof(c->error), "HTTP %ld with a body that is not JSON: %s",
-                                 status, e.text);
-                        return log_debug_errno(-EBADMSG, "api: %s %s: %s", method, url, c->error);
+                        snprintf(error, CURL_ERROR_SIZE, "HTTP %ld with a body that is not JSON: %s", status,
+                                 e.text);
+                        return log_debug_errno(-EBADMSG, "api: %s: %s", what, error);
                 }
                 *ret_reply = v;
         }
         if (ret_status)
                 *ret_status = status;
         return 0;
+}
+
+int tsf_api_client_call(struct tsf_api_client *c, const char *method, const char *url, json_t *in,
+                        long *ret_status, json_t **ret_reply) {
+        _cleanup_(curl_slist_free_allp) struct curl_slist *headers = NULL;
+        _cleanup_free_ char *body = NULL, *what = NULL;
+        struct buffer b = {.max = c->response_max};
+        CURLcode code;
+        int r;
+
+        c->error[0] = '\0';
+        if (in) {
+                body = json_dumps(in, JSON_COMPACT);
+                if (!body)
+                        return -ENOMEM;
+        }
+        headers = build_headers(body);
+        if (!headers || asprintf(&what, "%s %s", method, url) < 0)
+                return -ENOMEM;
+        /* Options of the previous call must not leak into this one, but the
+         * connection cache must survive: curl_easy_reset() keeps it. */
+        curl_easy_reset(c->curl);
+        code = setup_easy(c, c->curl, method, url, body, headers, &b, c->error, 0);
+        if (code != CURLE_OK)
+                return log_debug_errno(curl_to_errno(code), "api: %s", c->error);
+        code = curl_easy_perform(c->curl);
+        r = finish(c->curl, code, &b, c->response_max, c->error, what, ret_status, ret_reply);
+        free(b.data);
+        return r;
+}
+
+/* ---- asynchronous calls ------------------------------------------------- */
+
+static void process_done(struct tsf_api_client *c) {
+        CURLMsg *m;
+        int left;
+
+        while ((m = curl_multi_info_read(c->multi, &left))) {
+                _cleanup_(json_decrefp) json_t *reply = NULL;
+                struct tsf_api_call *call = NULL;
+                CURLcode code = m->data.result;
+                long status = 0;
+                int r;
+
+                if (m->msg != CURLMSG_DONE)
+                        continue;
+                (void)curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&call);
+                /* m is invalid after this. */
+                (void)curl_multi_remove_handle(c->multi, call->easy);
+                r = finish(call->easy, code, &call->answer, c->response_max, call->error, call->what,
+                           &status, &reply);
+                call->done(r, status, reply, call->error, call->userdata);
+                call_free(call);
+        }
+}
+
+static int on_curl_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        struct tsf_api_client *c = userdata;
+        int action = 0, running;
+
+        if (revents & (EPOLLIN | EPOLLHUP))
+                action |= CURL_CSELECT_IN;
+        if (revents & EPOLLOUT)
+                action |= CURL_CSELECT_OUT;
+        if (revents & EPOLLERR)
+                action |= CURL_CSELECT_ERR;
+        (void)curl_multi_socket_action(c->multi, fd, action, &running);
+        process_done(c);
+        return 0;
+}
+
+static int on_curl_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct tsf_api_client *c = userdata;
+        int running;
+
+        (void)curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        process_done(c);
+        return 0;
+}
+
+/* curl says which events it wants on a socket: one io source per socket,
+ * kept as the socket's curl_multi_assign() pointer. */
+static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
+        struct tsf_api_client *c = userp;
+        sd_event_source *source = socketp;
+        uint32_t events = 0;
+        int r;
+
+        if (what == CURL_POLL_REMOVE) {
+                if (source) {
+                        (void)curl_multi_assign(c->multi, fd, NULL);
+                        sd_event_source_disable_unref(source);
+                }
+                return 0;
+        }
+        if (what & CURL_POLL_IN)
+                events |= EPOLLIN;
+        if (what & CURL_POLL_OUT)
+                events |= EPOLLOUT;
+        if (source) {
+                r = sd_event_source_set_io_events(source, events);
+                if (r >= 0)
+                        r = sd_event_source_set_enabled(source, SD_EVENT_ON);
+        } else {
+                r = sd_event_add_io(c->event, &source, fd, events, on_curl_io, c);
+                if (r >= 0 && curl_multi_assign(c->multi, fd, source) != CURLM_OK) {
+                        sd_event_source_disable_unref(source);
+                        r = -ENOMEM;
+                }
+        }
+        if (r < 0) {
+                log_debug_errno(r, "api: failed to watch a socket for curl: %m");
+                return -1; /* curl fails the transfers on that socket */
+        }
+        return 0;
+}
+
+/* curl asks to be called back in timeout_ms (-1: never). It must not be
+ * called from inside this callback, hence the timer even for 0. */
+static int on_curl_timeout(CURLM *multi, long timeout_ms, void *userp) {
+        struct tsf_api_client *c = userp;
+        uint64_t now;
+        int r;
+
+        if (timeout_ms < 0)
+                return sd_event_source_set_enabled(c->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
+        r = sd_event_now(c->event, CLOCK_MONOTONIC, &now);
+        if (r >= 0)
+                r = sd_event_source_set_time(c->timer, now + (uint64_t)timeout_ms * USEC_PER_MSEC);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(c->timer, SD_EVENT_ONESHOT);
+        if (r < 0) {
+                log_debug_errno(r, "api: failed to arm curl's timer: %m");
+                return -1;
+        }
+        return 0;
+}
+
+int tsf_api_client_attach_event(struct tsf_api_client *c, sd_event *event) {
+        int r;
+
+        if (c->event)
+                return -EBUSY;
+        c->multi = curl_multi_init();
+        if (!c->multi)
+                return -ENOMEM;
+        r = sd_event_add_time(event, &c->timer, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_curl_timer, c);
+        if (r < 0)
+                return r;
+        r = sd_event_source_set_enabled(c->timer, SD_EVENT_OFF);
+        if (r < 0)
+                return r;
+        if (curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket) != CURLM_OK ||
+            curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c) != CURLM_OK ||
+            curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_curl_timeout) != CURLM_OK ||
+            curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c) != CURLM_OK)
+                return -EIO;
+        c->event = sd_event_ref(event);
+        return 0;
+}
+
+int tsf_api_client_start(struct tsf_api_client *c, const char *method, const char *url, json_t *in,
+                         usec_t timeout, tsf_api_done_t done, void *userdata, struct tsf_api_call **ret) {
+        struct tsf_api_call *call;
+        CURLcode code;
+
+        if (!c->multi || !done)
+                return -EINVAL;
+        call = calloc(1, sizeof(*call));
+        if (!call)
+                return -ENOMEM;
+        call->client = c;
+        call->done = done;
+        call->userdata = userdata;
+        call->answer.max = c->response_max;
+        call->next = c->calls;
+        if (c->calls)
+                c->calls->prev = call;
+        c->calls = call;
+
+        if (in && !(call->body = json_dumps(in, JSON_COMPACT)))
+                goto oom;
+        call->headers = build_headers(call->body);
+        call->easy = curl_easy_init();
+        if (!call->headers || !call->easy || asprintf(&call->what, "%s %s", method, url) < 0) {
+                call->what = NULL;
+                goto oom;
+        }
+        code = setup_easy(c, call->easy, method, url, call->body, call->headers, &call->answer, call->error,
+                          timeout);
+        if (code == CURLE_OK)
+                code = curl_easy_setopt(call->easy, CURLOPT_PRIVATE, call);
+        if (code != CURLE_OK) {
+                int r = log_debug_errno(curl_to_errno(code), "api: %s", call->error);
+
+                call_free(call);
+                return r;
+        }
+        if (curl_multi_add_handle(c->multi, call->easy) != CURLM_OK) {
+                call_free(call);
+                return -ENOMEM;
+        }
+        if (ret)
+                *ret = call;
+        return 0;
+oom:
+        call_free(call);
+        return -ENOMEM;
+}
+
+void tsf_api_call_cancel(struct tsf_api_call *call) {
+        if (call)
+                call_free(call);
 }

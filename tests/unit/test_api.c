@@ -692,6 +692,144 @@ static void test_long_poll_server_stops(void **state) {
         f->stopped = true;
 }
 
+/* ---- tests: asynchronous calls on an sd-event loop ---------------------- */
+
+struct async_result {
+        int done, r;
+        long status;
+        json_t *reply;
+        char error[256];
+        usec_t at;
+};
+
+static void on_async_done(int r, long status, json_t *reply, const char *error, void *userdata) {
+        struct async_result *a = userdata;
+
+        a->done++;
+        a->r = r;
+        a->status = status;
+        a->reply = json_incref(reply);
+        a->at = tsf_now_monotonic();
+        snprintf(a->error, sizeof(a->error), "%s", error);
+}
+
+/* Runs the client's loop until every result is done, or fails at the deadline. */
+static void run_until_done(sd_event *e, struct async_result *a, size_t n, usec_t deadline) {
+        usec_t end = tsf_now_monotonic() + deadline;
+
+        for (;;) {
+                size_t done = 0;
+
+                for (size_t i = 0; i < n; i++)
+                        done += a[i].done > 0;
+                if (done == n)
+                        return;
+                assert_true(tsf_now_monotonic() < end);
+                assert_true(sd_event_run(e, 50 * USEC_PER_MSEC) >= 0);
+        }
+}
+
+/* A long poll, an echo with a body and a refusal run side by side on one
+ * loop: the quick calls finish while the poll still waits. */
+static void test_async_concurrent(void **state) {
+        struct fixture *f = *state;
+        _cleanup_(tsf_api_client_freep) struct tsf_api_client *cl = client(dir, "client1");
+        _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+        _cleanup_(json_decrefp) json_t *in = json_pack("{s:s}", "hello", "world");
+        struct async_result a[3] = {};
+        char url[3][128];
+        usec_t t0;
+
+        assert_int_equal(sd_event_new(&e), 0);
+        assert_int_equal(tsf_api_client_attach_event(cl, e), 0);
+        assert_int_equal(tsf_api_client_attach_event(cl, e), -EBUSY);
+        snprintf(url[0], sizeof(url[0]), "%s/wait?timeout_ms=5000&resume_ms=400", f->base);
+        snprintf(url[1], sizeof(url[1]), "%s/echo", f->base);
+        snprintf(url[2], sizeof(url[2]), "%s/nowhere", f->base);
+        t0 = tsf_now_monotonic();
+        assert_int_equal(tsf_api_client_start(cl, "GET", url[0], NULL, 0, on_async_done, &a[0], NULL), 0);
+        assert_int_equal(tsf_api_client_start(cl, "POST", url[1], in, 0, on_async_done, &a[1], NULL), 0);
+        assert_int_equal(tsf_api_client_start(cl, "GET", url[2], NULL, 0, on_async_done, &a[2], NULL), 0);
+        /* Never from inside start. */
+        assert_int_equal(a[0].done + a[1].done + a[2].done, 0);
+        run_until_done(e, a, 3, 10 * USEC_PER_SEC);
+
+        assert_int_equal(a[0].r, 0);
+        assert_int_equal(a[0].status, 200);
+        assert_int_equal(json_integer_value(json_object_get(a[0].reply, "data")), 42);
+        assert_int_equal(a[1].r, 0);
+        assert_int_equal(a[1].status, 200);
+        assert_string_equal(json_string_value(json_object_get(json_object_get(a[1].reply, "body"), "hello")),
+                            "world");
+        assert_int_equal(a[2].r, 0);
+        assert_int_equal(a[2].status, 404);
+        assert_true(a[1].at < a[0].at && a[2].at < a[0].at);
+        assert_true(a[0].at - t0 >= 400 * USEC_PER_MSEC);
+        for (size_t i = 0; i < 3; i++) {
+                assert_int_equal(a[i].done, 1);
+                json_decref(a[i].reply);
+        }
+}
+
+/* A call's own deadline, and a port nobody listens on. */
+static void test_async_failures(void **state) {
+        struct fixture *f = *state;
+        _cleanup_(tsf_api_client_freep) struct tsf_api_client *cl = client(dir, "client1");
+        _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+        struct async_result a[2] = {};
+        char url[2][128];
+        usec_t t0;
+
+        assert_int_equal(sd_event_new(&e), 0);
+        assert_int_equal(tsf_api_client_attach_event(cl, e), 0);
+        snprintf(url[0], sizeof(url[0]), "%s/wait?timeout_ms=5000", f->base);
+        snprintf(url[1], sizeof(url[1]), "https://127.0.0.1:1/echo");
+        t0 = tsf_now_monotonic();
+        assert_int_equal(tsf_api_client_start(cl, "GET", url[0], NULL, 300 * USEC_PER_MSEC, on_async_done,
+                                              &a[0], NULL),
+                         0);
+        assert_int_equal(tsf_api_client_start(cl, "GET", url[1], NULL, 0, on_async_done, &a[1], NULL), 0);
+        run_until_done(e, a, 2, 10 * USEC_PER_SEC);
+        assert_int_equal(a[0].r, -ETIMEDOUT);
+        assert_true(a[0].at - t0 >= 300 * USEC_PER_MSEC && a[0].at - t0 < 4 * USEC_PER_SEC);
+        assert_true(a[0].error[0] != '\0');
+        assert_int_equal(a[1].r, -ECONNREFUSED);
+        assert_null(a[0].reply);
+        assert_null(a[1].reply);
+}
+
+/* A cancelled call never calls back; freeing the client with a call in
+ * flight cancels it too. The server sees the poll go away. */
+static void test_async_cancel(void **state) {
+        struct fixture *f = *state;
+        struct tsf_api_client *cl = client(dir, "client1");
+        _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+        struct async_result a[3] = {};
+        struct tsf_api_call *poll = NULL;
+        char url[128];
+
+        assert_int_equal(sd_event_new(&e), 0);
+        assert_int_equal(tsf_api_client_attach_event(cl, e), 0);
+        snprintf(url, sizeof(url), "%s/wait?timeout_ms=30000", f->base);
+        assert_int_equal(tsf_api_client_start(cl, "GET", url, NULL, 0, on_async_done, &a[0], &poll), 0);
+        for (int i = 0; i < 200 && atomic_load(&f->waiting) == 0; i++)
+                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
+        assert_int_equal(atomic_load(&f->waiting), 1);
+        /* (libmicrohttpd does not watch a suspended connection, so the
+         * server's side lasts until its deadline; the wait is bounded.) */
+        tsf_api_call_cancel(poll);
+
+        snprintf(url, sizeof(url), "%s/echo", f->base);
+        assert_int_equal(tsf_api_client_start(cl, "GET", url, NULL, 0, on_async_done, &a[1], NULL), 0);
+        run_until_done(e, &a[1], 1, 10 * USEC_PER_SEC);
+        assert_int_equal(a[1].status, 200);
+        json_decref(a[1].reply);
+        assert_int_equal(tsf_api_client_start(cl, "GET", url, NULL, 0, on_async_done, &a[2], NULL), 0);
+        tsf_api_client_free(cl);
+        assert_int_equal(a[0].done, 0);
+        assert_int_equal(a[2].done, 0);
+}
+
 /* ---- tests: pki -------------------------------------------------------- */
 
 static void test_pki_refusals(void **state) {
@@ -762,6 +900,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_long_poll_resumed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_long_poll_deadline, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_long_poll_server_stops, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_async_concurrent, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_async_failures, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_async_cancel, setup, teardown),
                 cmocka_unit_test(test_pki_refusals),
         };
 

@@ -186,3 +186,22 @@ int tsf_api_client_call(struct tsf_api_client *c, const char *method, const char
                         long *ret_status, json_t **ret_reply);
 /* A human-readable reason for the last failed call ("" if none). */
 const char *tsf_api_client_error(const struct tsf_api_client *c);
+
+/* Asynchronous calls on an sd-event loop (the agent's roles). The client
+ * must be attached once; calls then run concurrently, each with its own
+ * deadline, and share the connection cache. */
+int tsf_api_client_attach_event(struct tsf_api_client *c, sd_event *event);
+
+struct tsf_api_call;
+/* A finished call: r as tsf_api_client_call() returns it (then `error`
+ * says why), else the HTTP status and the JSON answer (NULL when empty;
+ * borrowed: take a reference to keep it). The call is gone after the
+ * callback. The callback may start and cancel other calls but must not
+ * free the client. */
+typedef void (*tsf_api_done_t)(int r, long status, json_t *reply, const char *error, void *userdata);
+/* Starts a call; `done` runs from the loop when it ends (never from here).
+ * timeout 0: the client's. *ret (optional) is valid until `done` runs. */
+int tsf_api_client_start(struct tsf_api_client *c, const char *method, const char *url, json_t *in,
+                         usec_t timeout, tsf_api_done_t done, void *userdata, struct tsf_api_call **ret);
+/* Abandons a call in progress; its callback does not run. */
+void tsf_api_call_cancel(struct tsf_api_call *call);
