@@ -35,7 +35,8 @@ struct waiter {
 struct counts {
         bool valid;
         uint64_t revision;
-        unsigned sessions[_DIR_SESSION_STATE_MAX];
+        usec_t computed;
+        uint64_t sessions[_DIR_SESSION_STATE_MAX];
         unsigned nodes_up, nodes_down;
 };
 
@@ -379,9 +380,31 @@ static int on_heartbeat(struct tsf_api_request *req, json_t *body, const struct 
         return 200;
 }
 
+static int parse_query_uint(struct tsf_api_request *req, const char *key, uint64_t def, uint64_t *ret,
+                            json_t **ret_reply) {
+        const char *v = tsf_api_request_query(req, key);
+        char *end;
+
+        *ret = def;
+        if (!v)
+                return 0;
+        errno = 0;
+        *ret = strtoull(v, &end, 10);
+        if (!*v || *end || errno != 0 || v[0] == '-') {
+                *ret_reply = tsf_api_error("invalid-request", "'%s' must be a non-negative integer", key);
+                return 400;
+        }
+        return 0;
+}
+
+/* A snapshot page holds at most this many sessions: a million sessions
+ * in one JSON answer would be a quarter of a gigabyte. */
+#define SNAPSHOT_PAGE_MAX 10000u
+
 struct snapshot {
         json_t *nodes;
         json_t *sessions; /* NULL: nodes only */
+        uint64_t last_id;
 };
 
 static int snapshot_item(const struct dir_change *c, void *userdata) {
@@ -389,36 +412,54 @@ static int snapshot_item(const struct dir_change *c, void *userdata) {
 
         if (c->kind == DIR_CHANGE_NODE)
                 return json_array_append_new(k->nodes, node_to_json(c->node)) < 0 ? -ENOMEM : 0;
-        if (c->kind == DIR_CHANGE_SESSION && k->sessions)
+        if (c->kind == DIR_CHANGE_SESSION && k->sessions) {
+                k->last_id = c->session->id;
                 return json_array_append_new(k->sessions, session_to_json(c->session)) < 0 ? -ENOMEM : 0;
+        }
         return 0;
-}
-
-static int answer_snapshot(struct directory *d, bool sessions, json_t **ret_reply) {
-        _cleanup_(json_decrefp) json_t *n = json_array(), *s = sessions ? json_array() : NULL;
-        struct snapshot k = {.nodes = n, .sessions = s};
-        uint64_t revision;
-        int r;
-
-        if (!n || (sessions && !s))
-                return -ENOMEM;
-        r = dir_snapshot(d->store, snapshot_item, &k, &revision);
-        if (r < 0)
-                return r;
-        *ret_reply = sessions ? json_pack("{s:I, s:O, s:O}", "revision", (json_int_t)revision, "nodes", n,
-                                          "sessions", s)
-                              : json_pack("{s:I, s:O}", "revision", (json_int_t)revision, "nodes", n);
-        return *ret_reply ? 200 : -ENOMEM;
 }
 
 static int on_nodes(struct tsf_api_request *req, json_t *body, const struct tsf_api_peer *peer,
                     json_t **ret_reply, void *userdata) {
-        return answer_snapshot(userdata, false, ret_reply);
+        struct directory *d = userdata;
+        _cleanup_(json_decrefp) json_t *n = json_array();
+        struct snapshot k = {.nodes = n};
+        uint64_t revision;
+        int r;
+
+        if (!n)
+                return -ENOMEM;
+        /* A page of one session: the nodes are what is wanted. */
+        r = dir_snapshot(d->store, 0, 1, snapshot_item, &k, &revision);
+        if (r < 0)
+                return r;
+        *ret_reply = json_pack("{s:I, s:O}", "revision", (json_int_t)revision, "nodes", n);
+        return *ret_reply ? 200 : -ENOMEM;
 }
 
+/* GET /v1/snapshot?after=ID&limit=N: nodes (first page) and sessions by
+ * id; "more" says there is another page, asked with after=<"after">. */
 static int on_snapshot(struct tsf_api_request *req, json_t *body, const struct tsf_api_peer *peer,
                        json_t **ret_reply, void *userdata) {
-        return answer_snapshot(userdata, true, ret_reply);
+        struct directory *d = userdata;
+        _cleanup_(json_decrefp) json_t *n = json_array(), *s = json_array();
+        struct snapshot k = {.nodes = n, .sessions = s};
+        uint64_t revision, after, limit;
+        int r;
+
+        if ((r = parse_query_uint(req, "after", 0, &after, ret_reply)) ||
+            (r = parse_query_uint(req, "limit", SNAPSHOT_PAGE_MAX, &limit, ret_reply)))
+                return r;
+        if (!n || !s)
+                return -ENOMEM;
+        limit = MIN(MAX(limit, (uint64_t)1), (uint64_t)SNAPSHOT_PAGE_MAX);
+        r = dir_snapshot(d->store, after, (unsigned)limit, snapshot_item, &k, &revision);
+        if (r < 0)
+                return r;
+        *ret_reply = json_pack("{s:I, s:O, s:O, s:b, s:I}", "revision", (json_int_t)revision, "nodes", n,
+                               "sessions", s, "more", (uint64_t)r == limit, "after",
+                               (json_int_t)(k.last_id ? k.last_id : after));
+        return *ret_reply ? 200 : -ENOMEM;
 }
 
 static int on_session_event(struct tsf_api_request *req, json_t *body, const struct tsf_api_peer *peer,
@@ -516,23 +557,6 @@ static int on_logon_query(struct tsf_api_request *req, json_t *body, const struc
         return 200;
 }
 
-static int parse_query_uint(struct tsf_api_request *req, const char *key, uint64_t def, uint64_t *ret,
-                            json_t **ret_reply) {
-        const char *v = tsf_api_request_query(req, key);
-        char *end;
-
-        *ret = def;
-        if (!v)
-                return 0;
-        errno = 0;
-        *ret = strtoull(v, &end, 10);
-        if (!*v || *end || errno != 0 || v[0] == '-') {
-                *ret_reply = tsf_api_error("invalid-request", "'%s' must be a non-negative integer", key);
-                return 400;
-        }
-        return 0;
-}
-
 static int on_changes(struct tsf_api_request *req, json_t *body, const struct tsf_api_peer *peer,
                       json_t **ret_reply, void *userdata) {
         struct directory *d = userdata;
@@ -624,7 +648,11 @@ static const struct tsf_api_route directory_routes[] = {
 
 /* ---- metrics -------------------------------------------------------------- */
 
-static int count_item(const struct dir_change *c, void *userdata) {
+/* Counting a million sessions costs a scan: once per revision, and at
+ * most every COUNTS_MIN_AGE however often the metrics are scraped. */
+#define COUNTS_MIN_AGE (10 * USEC_PER_SEC)
+
+static int count_node(const struct dir_change *c, void *userdata) {
         struct counts *k = userdata;
 
         if (c->kind == DIR_CHANGE_NODE) {
@@ -632,18 +660,24 @@ static int count_item(const struct dir_change *c, void *userdata) {
                         k->nodes_up++;
                 else
                         k->nodes_down++;
-        } else if (c->kind == DIR_CHANGE_SESSION && c->session->state < _DIR_SESSION_STATE_MAX)
-                k->sessions[c->session->state]++;
+        }
         return 0;
 }
 
 static const struct counts *directory_counts(struct directory *d) {
         struct counts k = {};
+        uint64_t sessions[_DIR_SESSION_STATE_MAX];
+        usec_t now = tsf_now_monotonic();
 
-        if (d->counts.valid && d->counts.revision == dir_store_revision(d->store))
+        if (d->counts.valid && (d->counts.revision == dir_store_revision(d->store) ||
+                                now < d->counts.computed + COUNTS_MIN_AGE))
                 return &d->counts;
-        if (dir_snapshot(d->store, count_item, &k, &k.revision) >= 0) {
+        if (dir_snapshot(d->store, 0, 1, count_node, &k, &k.revision) >= 0 &&
+            dir_session_counts(d->store, sessions, NULL) >= 0) {
+                for (size_t i = 0; i < _DIR_SESSION_STATE_MAX; i++)
+                        k.sessions[i] = sessions[i];
                 k.valid = true;
+                k.computed = now;
                 d->counts = k;
         }
         return &d->counts;

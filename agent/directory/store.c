@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -159,6 +160,8 @@ enum stmt {
         ST_SESSION_DELETE,
         ST_SESSIONS_ALL,
         ST_SESSIONS_SINCE,
+        ST_SESSIONS_PAGE,
+        ST_SESSION_COUNTS,
         ST_LOOKUP_KEY,
         ST_LOOKUP_PREFIX,
         ST_TOMBSTONES_SINCE,
@@ -214,6 +217,8 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_SESSION_TOMBSTONE] = TOMBSTONE_SELECT "WHERE s.id = ?1",
         [ST_SESSION_DELETE] = "DELETE FROM sessions WHERE id = ?1",
         [ST_SESSIONS_ALL] = "SELECT " SESSION_COLUMNS SESSION_FROM "ORDER BY s.id",
+        [ST_SESSIONS_PAGE] = "SELECT " SESSION_COLUMNS SESSION_FROM "WHERE s.id > ?1 ORDER BY s.id LIMIT ?2",
+        [ST_SESSION_COUNTS] = "SELECT state, count(*) FROM sessions GROUP BY state",
         [ST_SESSIONS_SINCE] =
                 "SELECT " SESSION_COLUMNS SESSION_FROM "WHERE s.revision > ?1 ORDER BY s.revision LIMIT ?2",
         [ST_LOOKUP_KEY] = "SELECT " CANDIDATE_COLUMNS "WHERE s.user_key = ?1 AND s.state < 2 LIMIT ?2",
@@ -1600,31 +1605,34 @@ int dir_changes_since(struct dir_store *s, uint64_t since, unsigned max, dir_cha
         return r < 0 ? r : delivered;
 }
 
-int dir_snapshot(struct dir_store *s, dir_change_cb cb, void *userdata, uint64_t *ret_revision) {
+int dir_snapshot(struct dir_store *s, uint64_t after, unsigned limit, dir_change_cb cb, void *userdata,
+                 uint64_t *ret_revision) {
         _cleanup_stmt_ sqlite3_stmt *st_n = NULL, *st_s = NULL;
         uint64_t revision, horizon;
         int count = 0, r;
         bool began;
 
-        if (!s || !cb)
+        if (!s || !cb || limit > INT_MAX)
                 return -EINVAL;
         r = read_begin(s, &began);
         if (r < 0)
                 return r;
         r = meta_get(s, &revision, &horizon);
-        if (r >= 0)
+        /* The nodes come with the first page. */
+        if (r >= 0 && after == 0)
                 r = stmt_get(s, ST_NODES_ALL, &st_n);
-        while (r >= 0 && (r = step(st_n)) > 0) {
+        while (r >= 0 && st_n && (r = step(st_n)) > 0) {
                 struct dir_node nd;
                 struct dir_change c = {.kind = DIR_CHANGE_NODE, .node = &nd};
 
                 row_to_node(st_n, NULL, &nd);
                 c.revision = nd.revision;
                 r = cb(&c, userdata);
-                count++;
         }
         if (r >= 0)
-                r = stmt_get(s, ST_SESSIONS_ALL, &st_s);
+                r = stmt_get(s, ST_SESSIONS_PAGE, &st_s);
+        if (r >= 0)
+                r = bind_all(st_s, "ii", (int64_t)after, limit ? (int64_t)limit : (int64_t)-1);
         while (r >= 0 && (r = step(st_s)) > 0) {
                 struct dir_session x;
                 struct dir_change c = {.kind = DIR_CHANGE_SESSION, .session = &x};
@@ -1642,6 +1650,37 @@ int dir_snapshot(struct dir_store *s, dir_change_cb cb, void *userdata, uint64_t
         if (ret_revision)
                 *ret_revision = revision;
         return count;
+}
+
+int dir_session_counts(struct dir_store *s, uint64_t counts[static _DIR_SESSION_STATE_MAX],
+                       uint64_t *ret_revision) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        uint64_t revision, horizon;
+        bool began;
+        int r;
+
+        if (!s)
+                return -EINVAL;
+        memset(counts, 0, sizeof(uint64_t) * _DIR_SESSION_STATE_MAX);
+        r = read_begin(s, &began);
+        if (r < 0)
+                return r;
+        r = meta_get(s, &revision, &horizon);
+        if (r >= 0)
+                r = stmt_get(s, ST_SESSION_COUNTS, &st);
+        while (r >= 0 && (r = step(st)) > 0) {
+                int64_t state = sqlite3_column_int64(st, 0);
+
+                if (state >= 0 && state < _DIR_SESSION_STATE_MAX)
+                        counts[state] = (uint64_t)sqlite3_column_int64(st, 1);
+        }
+        stmt_donep(&st);
+        read_end(s, began);
+        if (r < 0)
+                return r;
+        if (ret_revision)
+                *ret_revision = revision;
+        return 0;
 }
 
 int dir_changes_compact(struct dir_store *s, uint64_t through) {

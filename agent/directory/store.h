@@ -209,8 +209,16 @@ int dir_logon_query(struct dir_store *s, const char *user_or_cookie, const char 
  * dir_snapshot(). */
 int dir_changes_since(struct dir_store *s, uint64_t since, unsigned max, dir_change_cb cb, void *userdata);
 /* Every node and session, consistent as of *ret_revision; resume the feed
- * from there. */
-int dir_snapshot(struct dir_store *s, dir_change_cb cb, void *userdata, uint64_t *ret_revision);
+ * from there. Paged for large farms: sessions with id > after, at most
+ * limit (0: all); nodes only with the first page (after 0). Returns how
+ * many sessions were delivered. Pages read at different revisions still
+ * add up: resume the feed from the first page's revision, and it replays
+ * (folded) whatever changed while the later pages were read. */
+int dir_snapshot(struct dir_store *s, uint64_t after, unsigned limit, dir_change_cb cb, void *userdata,
+                 uint64_t *ret_revision);
+/* Sessions per state (counts[DIR_SESSION_ACTIVE], ...), as of *ret_revision. */
+int dir_session_counts(struct dir_store *s, uint64_t counts[static _DIR_SESSION_STATE_MAX],
+                       uint64_t *ret_revision);
 /* Forgets tombstones up to revision through; clients behind it get -ESTALE.
  * Returns the number of tombstones removed. */
 int dir_changes_compact(struct dir_store *s, uint64_t through);

@@ -703,6 +703,7 @@ static void test_pending_reservations(void **state) {
 struct seen {
         unsigned n;
         uint64_t last;
+        uint64_t last_session_id;
         char log[64][512];
 };
 
@@ -711,6 +712,8 @@ static int collect(const struct dir_change *c, void *userdata) {
 
         assert_true(c->revision > s->last); /* strictly in order */
         s->last = c->revision;
+        if (c->kind != DIR_CHANGE_NODE)
+                s->last_session_id = c->session->id;
         if (s->n < ELEMENTSOF(s->log)) {
                 if (c->kind == DIR_CHANGE_NODE)
                         snprintf(s->log[s->n], sizeof(s->log[0]), "node %s %s", c->node->name,
@@ -787,10 +790,27 @@ static void test_change_feed(void **state) {
         assert_int_equal(dir_changes_compact(f->s, r0), 0); /* already */
 
         /* The resync: a snapshot and the revision to resume from. */
-        n = dir_snapshot(f->s, collect, &snap, &rsnap);
-        assert_int_equal(n, 3);
+        n = dir_snapshot(f->s, 0, 0, collect, &snap, &rsnap);
+        assert_int_equal(n, 2); /* sessions; the node comes too */
+        assert_int_equal(snap.n, 3);
         assert_int_equal(rsnap, r1);
         assert_string_equal(snap.log[0], "node ts1 up");
+        {
+                /* Paged: nodes with the first page only, then by session id. */
+                struct seen p1 = {}, p2 = {}, p3 = {};
+                uint64_t rp;
+
+                assert_int_equal(dir_snapshot(f->s, 0, 1, collect, &p1, &rp), 1);
+                assert_int_equal(p1.n, 2);
+                assert_string_equal(p1.log[0], snap.log[0]);
+                assert_string_equal(p1.log[1], snap.log[1]);
+                assert_int_equal(dir_snapshot(f->s, p1.last_session_id, 1, collect, &p2, &rp), 1);
+                assert_int_equal(p2.n, 1);
+                assert_string_equal(p2.log[0], snap.log[2]);
+                assert_int_equal(dir_snapshot(f->s, p2.last_session_id, 1, collect, &p3, &rp), 0);
+                assert_int_equal(p3.n, 0);
+                assert_int_equal(rp, r1);
+        }
         assert_int_equal(ev(f->s, "ts1", DIR_EVENT_LOGOFF, 3, NULL, NULL), 0);
         tail = (struct seen){};
         assert_int_equal(dir_changes_since(f->s, rsnap, 10, collect, &tail), 1);
@@ -879,9 +899,9 @@ static void test_reopen_loses_nothing(void **state) {
         assert_int_equal(logon(f->s, "ts1", 2, "carol"), 0);
         assert_int_equal(ev(f->s, "ts1", DIR_EVENT_LOGOFF, 2, NULL, NULL), 0);
 
-        assert_int_equal(dir_snapshot(f->s, image_add, &before, &rb), 4);
+        assert_int_equal(dir_snapshot(f->s, 0, 0, image_add, &before, &rb), 2);
         reopen(f);
-        assert_int_equal(dir_snapshot(f->s, image_add, &after, &ra), 4);
+        assert_int_equal(dir_snapshot(f->s, 0, 0, image_add, &after, &ra), 2);
         assert_int_equal(ra, rb);
         assert_int_equal(dir_store_revision(f->s), rb);
         for (unsigned i = 0; i < before.n; i++)
