@@ -60,6 +60,14 @@ static const struct tsf_config_item agent_items[] = {
         {"host", "certificate", tsf_config_parse_path, OFF(host.directory_certificate), 0, 0},
         {"host", "key", tsf_config_parse_path, OFF(host.directory_key), 0, 0},
         {"host", "ca", tsf_config_parse_path, OFF(host.directory_ca), 0, 0},
+        {"host", "directory-query-timeout", tsf_config_parse_duration, OFF(host.directory_query_timeout),
+         USEC_PER_MSEC, 10 * USEC_PER_SEC},
+        {"host", "placement", tsf_config_parse_string, OFF(host.placement_raw), 0, 0},
+        {"host", "sessions-max", tsf_config_parse_uint, OFF(host.sessions_max), 1024, 1u << 24},
+        {"host", "track-sessions", tsf_config_parse_bool, OFF(host.track_sessions), 0, 0},
+        {"host", "disconnect-grace", tsf_config_parse_duration, OFF(host.disconnect_grace), 0,
+         5 * USEC_PER_MINUTE},
+        {"host", "socket", tsf_config_parse_path, OFF(host.socket), 0, 0},
         {"directory", "database", tsf_config_parse_path, OFF(directory.database), 0, 0},
         {"directory", "listen", tsf_config_parse_endpoint, OFF(directory.listen), 0, 0},
         {"directory", "certificate", tsf_config_parse_path, OFF(directory.certificate), 0, 0},
@@ -255,6 +263,27 @@ static int host_config_verify(struct tsagent_config *c, char *err, size_t err_si
         }
         if (h->local_backend.sin_port == 0)
                 h->local_backend.sin_port = htons(h->rdp_port);
+        /* With a directory, new sessions go where it places them (the
+         * least loaded node, like a Connection Broker); without, here. */
+        if (!h->placement_raw)
+                h->placement = h->directory ? HOST_PLACEMENT_FARM : HOST_PLACEMENT_LOCAL;
+        else if (strcmp(h->placement_raw, "farm") == 0)
+                h->placement = HOST_PLACEMENT_FARM;
+        else if (strcmp(h->placement_raw, "local") == 0)
+                h->placement = HOST_PLACEMENT_LOCAL;
+        else {
+                snprintf(err, err_size, "%s: [host] placement: '%s' is neither farm nor local", c->path,
+                         h->placement_raw);
+                return -EINVAL;
+        }
+        if (h->placement == HOST_PLACEMENT_FARM && !h->directory) {
+                snprintf(err, err_size, "%s: [host] placement = farm needs a directory", c->path);
+                return -EINVAL;
+        }
+        if (!h->socket && asprintf(&h->socket, "%s/agent.sock", c->runtime_directory) < 0) {
+                h->socket = NULL;
+                return -ENOMEM;
+        }
         return 0;
 }
 
@@ -277,6 +306,10 @@ static void host_config_defaults(struct host_config *h) {
         h->affinity_ttl = 10 * USEC_PER_MINUTE;
         h->relay_buffer = 256 * 1024;
         h->max_connections = 10000;
+        h->directory_query_timeout = 250 * USEC_PER_MSEC;
+        h->sessions_max = 65536;
+        h->track_sessions = true;
+        h->disconnect_grace = 2 * USEC_PER_SEC;
 }
 
 static void host_config_done(struct host_config *h) {
@@ -294,6 +327,8 @@ static void host_config_done(struct host_config *h) {
         free(h->directory_certificate);
         free(h->directory_key);
         free(h->directory_ca);
+        free(h->placement_raw);
+        free(h->socket);
 }
 
 static void directory_config_defaults(struct directory_config *d) {

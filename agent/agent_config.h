@@ -40,6 +40,11 @@ struct host_session_config {
         char *node;
 };
 
+enum host_placement {
+        HOST_PLACEMENT_LOCAL, /* a new session stays here unless this node drains */
+        HOST_PLACEMENT_FARM,  /* the directory places it: fewest sessions for the weight */
+};
+
 struct host_config {
         uint16_t rdp_port;
         struct sockaddr_in local_backend;  /* the local RDP server */
@@ -60,6 +65,16 @@ struct host_config {
         char *directory_certificate;
         char *directory_key;
         char *directory_ca;
+        usec_t directory_query_timeout; /* a logon query on a cache miss waits this long */
+        char *placement_raw;
+        enum host_placement placement;
+        uint32_t sessions_max; /* the BPF sessions map's size */
+        /* Report sessions from connection tracking (RDP servers that
+         * report nothing, like xrdp); off when the session host reports
+         * through the local API. */
+        bool track_sessions;
+        usec_t disconnect_grace; /* last connection gone this long: disconnected */
+        char *socket;            /* the local API; default <runtime-directory>/agent.sock */
 
         struct host_node_config *nodes;
         size_t n_nodes;

@@ -129,6 +129,22 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, __u8 dir)
         bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
                                                  BPF_SOCK_OPS_RTO_CB_FLAG);
         TSF_STAT_INC(st, conns_established);
+        /* The agent learns of a client that reached the RDP server straight
+         * (the fast path), to tell the directory the session is active. */
+        if (dir == TSF_CONN_PASSIVE) {
+                struct tsf_conn_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+                if (e) {
+                        e->type = TSF_EVENT_OPEN;
+                        e->error = 0;
+                        e->cookie = cookie;
+                        e->closed_ns = 0;
+                        __builtin_memcpy(&e->conn, &c, sizeof(e->conn));
+                        bpf_ringbuf_submit(e, 0);
+                } else {
+                        TSF_STAT_INC(st, events_dropped);
+                }
+        }
 }
 
 /* The socket's pending error, read through its BTF type: bpf_sock_ops has

@@ -2,7 +2,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -13,6 +12,7 @@
 #include "agent/directory/directory.h"
 #include "agent/directory/store.h"
 #include "tsfarm/api.h"
+#include "tsfarm/fs.h"
 #include "tsfarm/cleanup.h"
 #include "tsfarm/clock.h"
 #include "tsfarm/log.h"
@@ -771,18 +771,6 @@ static int directory_new(struct manager *m, void **ret) {
         return 0;
 }
 
-/* The parent directory of path, made if missing (one level: its own
- * parent is the system's business). */
-static int make_parent(const char *path, mode_t mode) {
-        _cleanup_free_ char *copy = strdup(path);
-
-        if (!copy)
-                return -ENOMEM;
-        if (mkdir(dirname(copy), mode) < 0 && errno != EEXIST)
-                return negative_errno();
-        return 0;
-}
-
 static int directory_start(void *userdata) {
         struct directory *d = userdata;
         const struct directory_config *c = &d->manager->config->directory;
@@ -792,7 +780,7 @@ static int directory_start(void *userdata) {
         };
         int r;
 
-        r = make_parent(c->database, 0700);
+        r = tsf_mkdir_parent(c->database, 0700);
         if (r < 0)
                 return log_error_errno(r, "Failed to create the directory for %s: %m", c->database);
         r = dir_store_open(c->database, &d->store);
@@ -815,7 +803,7 @@ static int directory_start(void *userdata) {
                 log_warning("[directory] has no certificate, key and ca: serving on %s only, nodes cannot "
                             "reach this directory.",
                             c->socket);
-        r = make_parent(c->socket, 0755);
+        r = tsf_mkdir_parent(c->socket, 0755);
         if (r < 0)
                 return log_error_errno(r, "Failed to create the directory for %s: %m", c->socket);
 

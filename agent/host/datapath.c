@@ -200,6 +200,39 @@ static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap
         return 0;
 }
 
+/* The sessions map's size is a setting ([host] sessions-max). libbpf
+ * refuses to reuse a pin of another size, and the map is only a mirror
+ * (the directory or [sessions] refill it within a second), so a pin of
+ * the wrong size is dropped and recreated. */
+static int resize_sessions(struct datapath *d, uint32_t max) {
+        struct bpf_map_info info = {};
+        __u32 len = sizeof(info);
+        _cleanup_close_ int fd = -1;
+        char path[PATH_MAX];
+        int r;
+
+        r = bpf_map__set_max_entries(d->steer->maps.sessions, max);
+        if (r < 0)
+                return log_error_errno(r, "Failed to size the sessions map to %u entries: %m", max);
+        fd = tsf_map_open_pinned(d->pin_root, TSF_MAP_SESSIONS, true);
+        if (fd == -ENOENT)
+                return 0;
+        if (fd < 0)
+                return log_error_errno(fd, "Failed to open pinned map %s/%s: %m", d->pin_root,
+                                       TSF_MAP_SESSIONS);
+        if (bpf_obj_get_info_by_fd(fd, &info, &len) < 0)
+                return log_error_errno(negative_errno(), "Failed to inspect the pinned sessions map: %m");
+        if (info.max_entries == max)
+                return 0;
+        log_notice("The pinned sessions map holds %u entries, sessions-max says %u: recreating it (it is "
+                   "refilled from the directory).",
+                   info.max_entries, max);
+        r = pin_path(d, TSF_MAP_SESSIONS, path, sizeof(path));
+        if (r == 0 && unlink(path) < 0 && errno != ENOENT)
+                return log_error_errno(negative_errno(), "Failed to remove %s: %m", path);
+        return 0;
+}
+
 int datapath_open(sd_event *e, const struct datapath_options *o, struct datapath **ret) {
         _cleanup_(datapath_freep) struct datapath *d = NULL;
         _cleanup_close_ int netns_fd = -1, cg_fd = -1;
@@ -228,6 +261,11 @@ int datapath_open(sd_event *e, const struct datapath_options *o, struct datapath
         d->steer = steer__open_opts(&opts);
         if (!d->steer)
                 return log_error_errno(negative_errno(), "Failed to open the steer BPF object: %m");
+        if (o->sessions_max) {
+                r = resize_sessions(d, o->sessions_max);
+                if (r < 0)
+                        return r;
+        }
         r = steer__load(d->steer);
         if (r < 0)
                 return log_error_errno(r, "Failed to load the steer BPF program (pins under %s): %m",

@@ -28,7 +28,8 @@ struct datapath_options {
         const char *pin_root;    /* default TSF_PIN_ROOT */
         const char *cgroup_path; /* cgroup v2 directory for sockops; NULL: the cgroup2 mount */
         uint32_t self_node_id;
-        uint16_t rdp_port; /* host order */
+        uint16_t rdp_port;     /* host order */
+        uint32_t sessions_max; /* the sessions map's size; 0: TSF_SESSIONS_MAX */
         datapath_event_fn on_event;
         void *userdata;
 };

@@ -62,6 +62,9 @@ struct gateway {
         unsigned n_conns;
         uint64_t next_id;
 
+        gateway_relay_fn on_relay;
+        void *relay_userdata;
+
         /* Counters; the "now" fields are computed in gateway_get_stats(). */
         struct gateway_stats stats;
         usec_t last_full_warning, last_accept_warning;
@@ -192,8 +195,11 @@ static void conn_free(struct gateway_conn *c, bool reset) {
         else
                 g->last = c->prev;
         g->n_conns--;
-        if (c->state == GATEWAY_CONN_RELAYING)
+        if (c->state == GATEWAY_CONN_RELAYING) {
                 g->stats.active_relays--;
+                if (g->on_relay)
+                        g->on_relay(g->relay_userdata, c->id, &c->decision, &c->client, false);
+        }
         free(c);
 }
 
@@ -326,6 +332,8 @@ static void conn_start_relay(struct gateway_conn *c) {
                  c->decision.user_key[0] ? ", user " : "", c->decision.user_key,
                  c->decision.reason[0] ? c->decision.reason : "no reason given");
         conn_close_stale(c);
+        if (g->on_relay)
+                g->on_relay(g->relay_userdata, c->id, &c->decision, &c->client, true);
 }
 
 static int on_backend_connected(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
@@ -791,6 +799,11 @@ void gateway_get_stats(const struct gateway *g, struct gateway_stats *ret) {
                 ret->buffered += info.buffered[RELAY_A_TO_B] + info.buffered[RELAY_B_TO_A];
                 ret->buffered_peak = MAX(ret->buffered_peak, (uint64_t)info.buffered_peak);
         }
+}
+
+void gateway_set_relay_observer(struct gateway *g, gateway_relay_fn fn, void *userdata) {
+        g->on_relay = fn;
+        g->relay_userdata = userdata;
 }
 
 int gateway_foreach_conn(const struct gateway *g, gateway_conn_fn fn, void *userdata) {

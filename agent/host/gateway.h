@@ -192,6 +192,12 @@ struct gateway_conn_info {
 typedef int (*gateway_conn_fn)(const struct gateway_conn_info *info, void *userdata);
 int gateway_foreach_conn(const struct gateway *g, gateway_conn_fn fn, void *userdata);
 
+/* Told when a relay starts (started) and when it ends, however it ends
+ * (gateway_free() included). Must not call back into the gateway. */
+typedef void (*gateway_relay_fn)(void *userdata, uint64_t id, const struct gateway_decision *d,
+                                 const struct sockaddr_in *client, bool started);
+void gateway_set_relay_observer(struct gateway *g, gateway_relay_fn fn, void *userdata);
+
 /* Resets every connection whose decision named `user_key` (forced logoff,
  * session moved). Returns how many. */
 int gateway_close_user(struct gateway *g, const char *user_key);

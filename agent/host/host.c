@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +14,39 @@
 #include "agent/host/gateway.h"
 #include "agent/host/host.h"
 #include "agent/host/sockdiag.h"
+#include "agent/host/tracker.h"
+#include "tsfarm/api.h"
+#include "tsfarm/fs.h"
 #include "tsfarm/log.h"
 #include "tsfarm/userkey.h"
+
+/* Which user a client address was last relayed here for: lets a fast-path
+ * connection (straight to the RDP server, no gateway) be attributed to its
+ * user. Direct-mapped: a collision forgets, it never answers wrongly. */
+#define CLIENT_USERS 4096
+
+struct client_user {
+        uint32_t addr_be;
+        uint64_t user_hash;
+        char user_key[TSF_USER_KEY_SIZE];
+};
+
+/* A fast-path connection attributed to a user, until it closes. */
+struct tracked_conn {
+        uint64_t cookie;
+        char user_key[TSF_USER_KEY_SIZE];
+};
+
+/* A decision waiting for the directory's answer. */
+struct pending {
+        struct host *host;
+        struct pending *prev, *next;
+        uint64_t id;
+        struct sockaddr_in client;
+        char user_key[GATEWAY_USER_KEY_MAX];
+        char cookie[GATEWAY_USER_KEY_MAX];
+        struct dirclient_query *query;
+};
 
 struct host {
         struct manager *manager;
@@ -24,7 +56,14 @@ struct host {
         struct gateway *gateway;
         struct host_addrs *addrs;
         struct dirclient *dirclient; /* NULL: no [host] directory */
+        struct tracker *tracker;     /* NULL: track-sessions = no, or no directory */
+        struct tsf_api_server *api;  /* the local API */
+        struct pending *pending;
+        struct client_user client_users[CLIENT_USERS];
+        struct tracked_conn *conns;
+        size_t n_conns, size_conns;
         uint64_t events_seen;
+        bool stopping;
 };
 
 static const struct host_node_config *node_by_id(const struct host *h, uint32_t id) {
@@ -60,8 +99,12 @@ static int host_sync_nodes(struct host *h) {
                 const struct host_node_config *node = &h->config->nodes[i];
                 uint16_t flags = node == h->self ? TSF_NODE_F_SELF : TSF_NODE_F_PEER;
 
-                if (node->draining || (node == h->self && h->config->drain))
+                const struct dirclient_node *dn = dirclient_node(h->dirclient, node->name);
+
+                if (node->draining || (node == h->self && h->config->drain) || (dn && dn->draining))
                         flags |= TSF_NODE_F_DRAINING;
+                if (dn && !dn->up)
+                        flags |= TSF_NODE_F_DOWN;
                 for (size_t j = 0; j < node->n_addrs && n < TSF_NODES_MAX; j++, n++) {
                         keys[n].addr = node->addrs[j];
                         vals[n] = (struct tsf_node_value){
@@ -126,15 +169,154 @@ static void on_addrs_changed(struct host_addrs *a, void *userdata) {
                 log_info("Local addresses changed; nodes map updated.");
 }
 
+/* ---- session tracking (RDP servers that report nothing) -------------------- */
+
+static struct client_user *client_user_slot(struct host *h, uint32_t addr_be) {
+        uint32_t x = addr_be * 2654435761u;
+
+        return &h->client_users[(x >> 20) % CLIENT_USERS];
+}
+
+static void client_user_note(struct host *h, uint32_t addr_be, const char *user_key) {
+        struct client_user *u = client_user_slot(h, addr_be);
+
+        u->addr_be = addr_be;
+        u->user_hash = tsf_user_key_hash(user_key, strlen(user_key));
+        snprintf(u->user_key, sizeof(u->user_key), "%s", user_key);
+}
+
+/* The user a fast-path connection from addr_be belongs to: sk_lookup took
+ * the fast path only if the affinity entry was fresh, single-user and for
+ * this node, and that entry's user is the one we noted for the address. */
+static const char *fast_path_user(struct host *h, uint32_t addr_be) {
+        struct client_user *u = client_user_slot(h, addr_be);
+        struct tsf_affinity_value aff;
+        struct timespec ts;
+
+        if (u->addr_be != addr_be || !u->user_key[0])
+                return NULL;
+        if (datapath_affinity_get(h->datapath, addr_be, &aff) < 0 || aff.node_id != h->self->id ||
+            (aff.flags & TSF_AFFINITY_F_MULTI_USER) || aff.user_hash != u->user_hash)
+                return NULL;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if (aff.expires_ns <= (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec)
+                return NULL;
+        return u->user_key;
+}
+
+static void conn_track_open(struct host *h, const struct tsf_conn_event *ev) {
+        struct tsf_node_value nv;
+        const char *user;
+
+        /* Peers (forwarded connections), our own addresses (the gateway's
+         * backend legs, which the relay observer counts) are not clients. */
+        if (datapath_lookup_node(h->datapath, ev->conn.remote_addr, &nv) == 0)
+                return;
+        user = fast_path_user(h, ev->conn.remote_addr);
+        if (!user)
+                return; /* a gateway client leg, or a client we cannot name */
+        if (h->n_conns == h->size_conns) {
+                size_t size = h->size_conns ? h->size_conns * 2 : 64;
+                struct tracked_conn *grown = realloc(h->conns, size * sizeof(*grown));
+
+                if (!grown)
+                        return (void)log_oom();
+                h->conns = grown;
+                h->size_conns = size;
+        }
+        h->conns[h->n_conns].cookie = ev->cookie;
+        snprintf(h->conns[h->n_conns].user_key, sizeof(h->conns[0].user_key), "%s", user);
+        h->n_conns++;
+        if (tracker_open(h->tracker, user, ev->conn.remote_addr) < 0)
+                log_oom();
+}
+
+static void conn_track_close(struct host *h, const struct tsf_conn_event *ev) {
+        for (size_t i = 0; i < h->n_conns; i++)
+                if (h->conns[i].cookie == ev->cookie) {
+                        tracker_close(h->tracker, h->conns[i].user_key);
+                        h->conns[i] = h->conns[--h->n_conns];
+                        return;
+                }
+}
+
 static void on_conn_event(const struct tsf_conn_event *ev, void *userdata) {
         struct host *h = userdata;
         char a[INET_ADDRSTRLEN], b[INET_ADDRSTRLEN];
 
         h->events_seen++;
+        if (ev->type == TSF_EVENT_OPEN) {
+                if (h->tracker && ev->conn.dir == TSF_CONN_PASSIVE)
+                        conn_track_open(h, ev);
+                return;
+        }
+        if (h->tracker)
+                conn_track_close(h, ev);
         log_debug("Connection %s:%u <-> %s:%u closed (end %u, error %u, %llu bytes in, %llu out).",
                   ip4(ev->conn.local_addr, a), ev->conn.local_port, ip4(ev->conn.remote_addr, b),
                   ev->conn.remote_port, ev->conn.end, ev->error, (unsigned long long)ev->conn.bytes_received,
                   (unsigned long long)ev->conn.bytes_acked);
+}
+
+/* The gateway relays a connection of a known user to our RDP server. */
+static void on_relay(void *userdata, uint64_t id, const struct gateway_decision *d,
+                     const struct sockaddr_in *client, bool started) {
+        struct host *h = userdata;
+
+        if (d->verdict != GATEWAY_LOCAL || !d->user_key[0] || h->stopping)
+                return;
+        if (started)
+                client_user_note(h, client->sin_addr.s_addr, d->user_key);
+        if (!h->tracker)
+                return;
+        if (started) {
+                if (tracker_open(h->tracker, d->user_key, client->sin_addr.s_addr) < 0)
+                        log_oom();
+        } else
+                tracker_close(h->tracker, d->user_key);
+}
+
+static int tracker_lookup(void *userdata, const char *user_key, uint32_t *ret_session_id,
+                          bool *ret_disconnected) {
+        struct host *h = userdata;
+        struct tsf_session_value v;
+
+        if (datapath_session_get(h->datapath, user_key, &v) < 0 || v.node_id != h->self->id ||
+            v.state == TSF_SESSION_LOST)
+                return -ENOENT;
+        *ret_session_id = v.session_id;
+        *ret_disconnected = v.state == TSF_SESSION_DISCONNECTED;
+        return 0;
+}
+
+static void tracker_report(void *userdata, const char *event, const char *user_key, uint32_t session_id,
+                           uint32_t client_be) {
+        struct host *h = userdata;
+        char a[INET_ADDRSTRLEN];
+        struct dirclient_event ev = {
+                .event = event,
+                .user = user_key,
+                .session_id = session_id,
+                .client_address = client_be ? ip4(client_be, a) : NULL,
+        };
+
+        if (dirclient_report(h->dirclient, &ev) < 0)
+                log_oom();
+}
+
+static void on_session_ended(void *userdata, const char *user_key, uint32_t session_id, bool lost) {
+        struct host *h = userdata;
+
+        if (h->tracker)
+                tracker_session_ended(h->tracker, user_key, session_id, lost);
+}
+
+static void on_directory_nodes(void *userdata) {
+        struct host *h = userdata;
+        int r = host_sync_nodes(h);
+
+        if (r < 0)
+                log_warning_errno(r, "Failed to update the nodes map from the directory, ignoring: %m");
 }
 
 /* Where a node's RDP server is reached from here: this node's own through
@@ -179,7 +361,10 @@ static int find_truncated(struct host *h, const struct tsf_userkey *cookie, char
         return found;
 }
 
-static int decide_by_user(struct host *h, const struct tsf_cr *cr, struct gateway_decision *out) {
+/* 1: decided; 0: not by this cookie, with *ret_miss when the mirror simply
+ * has no usable session for it (then the directory may know more). */
+static int decide_by_user(struct host *h, const struct tsf_cr *cr, struct gateway_decision *out,
+                          bool *ret_miss) {
         const char *cookie = cr->cookie + cr->cookie_value_offset;
         char key[TSF_USERKEY_INPUT_MAX + 1];
         struct tsf_session_value s;
@@ -200,6 +385,7 @@ static int decide_by_user(struct host *h, const struct tsf_cr *cr, struct gatewa
         if (r == -ENOENT && tsf_userkey_maybe_truncated(&uk)) {
                 r = find_truncated(h, &uk, key, sizeof(key));
                 if (r > 1) {
+                        /* The directory would find the same candidates. */
                         log_info("Cookie '%s' may be truncated and matches %d users; not steering by it.",
                                  uk.folded, r);
                         return 0;
@@ -210,10 +396,10 @@ static int decide_by_user(struct host *h, const struct tsf_cr *cr, struct gatewa
                 } else
                         r = -ENOENT;
         }
-        if (r < 0)
-                return 0; /* no session: placement decides */
-        if (s.state == TSF_SESSION_LOST)
+        if (r < 0 || s.state == TSF_SESSION_LOST) {
+                *ret_miss = true; /* no session known here: ask, or placement decides */
                 return 0;
+        }
         node = node_by_id(h, s.node_id);
         if (!node) {
                 log_warning("Session of %s names node id %u, which is not in the farm; placing anew.", key,
@@ -255,12 +441,128 @@ static void decide_placement(struct host *h, struct gateway_decision *out) {
                  best->name);
 }
 
-int host_decide(struct host *h, const struct gateway_request *req, struct gateway_decision *out) {
-        const struct tsf_cr *cr = req->cr;
+static void decision_finish(struct host *h, const struct sockaddr_in *client, struct gateway_decision *out) {
+        const struct host_node_config *node;
+        uint64_t user_hash;
+        int r;
+
+        if (out->verdict == GATEWAY_REFUSE)
+                return;
+        node = out->verdict == GATEWAY_LOCAL ? h->self : node_by_addr(h, out->backend.sin_addr.s_addr);
+        user_hash = out->user_key[0] ? tsf_user_key_hash(out->user_key, strlen(out->user_key)) : 0;
+        if (node && h->config->affinity_ttl > 0) {
+                r = datapath_affinity_note(h->datapath, client->sin_addr.s_addr, node->id, user_hash,
+                                           h->config->affinity_ttl * 1000);
+                if (r < 0)
+                        log_debug_errno(r, "Failed to note client affinity, ignoring: %m");
+        }
+}
+
+/* Steps 3 and 4 without the directory: affinity, then placement here. */
+static void decide_locally(struct host *h, const struct sockaddr_in *client, struct gateway_decision *out) {
         struct tsf_affinity_value aff;
         const struct host_node_config *node;
-        char a[INET_ADDRSTRLEN];
-        uint64_t user_hash;
+
+        /* 3. Client affinity (the fast path missed it: expired, shared, or
+         *    for another node). Shared addresses never decide. */
+        if (datapath_affinity_get(h->datapath, client->sin_addr.s_addr, &aff) == 0 &&
+            !(aff.flags & TSF_AFFINITY_F_MULTI_USER) && (node = node_by_id(h, aff.node_id))) {
+                decision_to_node(h, node, 0, out);
+                snprintf(out->reason, sizeof(out->reason), "client affinity to %.64s", node->name);
+                return;
+        }
+        /* 4. Placement. */
+        decide_placement(h, out);
+}
+
+static void pending_free(struct pending *p) {
+        struct host *h = p->host;
+
+        if (p->prev)
+                p->prev->next = p->next;
+        else
+                h->pending = p->next;
+        if (p->next)
+                p->next->prev = p->prev;
+        dirclient_query_cancel(p->query);
+        free(p);
+}
+
+static void on_directory_answer(int r, const struct dirclient_answer *a, void *userdata) {
+        struct pending *p = userdata;
+        struct host *h = p->host;
+        struct gateway_decision out = {};
+        const struct host_node_config *node = NULL;
+        const char *who = p->cookie[0] ? p->cookie : "a client without cookie";
+
+        p->query = NULL;
+        snprintf(out.user_key, sizeof(out.user_key), "%s", p->user_key);
+        if (r < 0)
+                log_info("The directory did not answer for %s in time (%s); deciding from what this node "
+                         "knows.",
+                         who, strerror(-r));
+        else if (a->kind == DIRCLIENT_SESSION ||
+                 (a->kind == DIRCLIENT_PLACED && h->config->placement == HOST_PLACEMENT_FARM)) {
+                node = host_config_find_node(h->config, a->node);
+                if (!node)
+                        log_warning("The directory sends %s to node %s, which has no [node] section here; "
+                                    "deciding from what this node knows.",
+                                    who, a->node);
+        }
+        if (node) {
+                decision_to_node(h, node, 0, &out);
+                if (a->kind == DIRCLIENT_SESSION)
+                        snprintf(out.reason, sizeof(out.reason), "directory: %s session of %.48s on %.32s",
+                                 a->disconnected ? "disconnected" : "active", p->user_key, node->name);
+                else
+                        snprintf(out.reason, sizeof(out.reason), "directory placed the new session on %.48s",
+                                 node->name);
+        } else if (r >= 0 && a->kind == DIRCLIENT_NO_NODE && h->config->placement == HOST_PLACEMENT_FARM) {
+                out.verdict = GATEWAY_REFUSE;
+                snprintf(out.reason, sizeof(out.reason), "directory: no node takes new sessions");
+        } else
+                decide_locally(h, &p->client, &out);
+        decision_finish(h, &p->client, &out);
+        r = gateway_complete_decision(h->gateway, p->id, &out);
+        if (r < 0)
+                log_debug_errno(r, "Connection %" PRIu64 " no longer waits for its decision: %m", p->id);
+        pending_free(p);
+}
+
+/* Asks the directory and answers later; false when it cannot be asked. */
+static bool decide_by_directory(struct host *h, const struct gateway_request *req, const char *cookie,
+                                const char *user_key) {
+        struct pending *p;
+        int r;
+
+        if (!h->dirclient || !dirclient_reachable(h->dirclient))
+                return false;
+        p = calloc(1, sizeof(*p));
+        if (!p)
+                return false;
+        p->host = h;
+        p->id = req->id;
+        p->client = req->client;
+        snprintf(p->cookie, sizeof(p->cookie), "%s", cookie ? cookie : "");
+        snprintf(p->user_key, sizeof(p->user_key), "%s", user_key ? user_key : "");
+        r = dirclient_query(h->dirclient, cookie, on_directory_answer, p, &p->query);
+        if (r < 0) {
+                log_warning_errno(r, "Failed to ask the directory, deciding locally: %m");
+                free(p);
+                return false;
+        }
+        p->next = h->pending;
+        if (h->pending)
+                h->pending->prev = p;
+        h->pending = p;
+        return true;
+}
+
+int host_decide(struct host *h, const struct gateway_request *req, struct gateway_decision *out) {
+        const struct tsf_cr *cr = req->cr;
+        const struct host_node_config *node;
+        char a[INET_ADDRSTRLEN], cookie[GATEWAY_USER_KEY_MAX];
+        bool miss = false;
         int r;
 
         /* 1. A routing token names a node; anything else is refused: the
@@ -276,41 +578,38 @@ int host_decide(struct host *h, const struct gateway_request *req, struct gatewa
                 }
                 decision_to_node(h, node, cr->routing_ipv4_be, out);
                 snprintf(out->reason, sizeof(out->reason), "routing token for %.64s", node->name);
-                goto done;
+                decision_finish(h, &req->client, out);
+                return 0;
         }
 
-        /* 2. mstshash: the session map's answer for that user. */
+        /* 2. mstshash: the mirror's answer for that user; on a miss, the
+         *    directory's (it may know a session the feed has not brought
+         *    yet, and it places new ones). */
         if (cr->cookie_kind == TSF_COOKIE_MSTSHASH) {
-                r = decide_by_user(h, cr, out);
+                r = decide_by_user(h, cr, out, &miss);
                 if (r < 0)
                         return r;
-                if (r > 0)
-                        goto done;
+                if (r > 0) {
+                        decision_finish(h, &req->client, out);
+                        return 0;
+                }
+                snprintf(cookie, sizeof(cookie), "%.*s", (int)MIN(cr->cookie_value_len, sizeof(cookie) - 1),
+                         cr->cookie + cr->cookie_value_offset);
+                if (miss && decide_by_directory(h, req, cookie, out->user_key))
+                        return GATEWAY_DECIDE_LATER;
+        } else if (h->config->placement == HOST_PLACEMENT_FARM) {
+                /* 3. No cookie: affinity first, then the directory places. */
+                struct tsf_affinity_value aff;
+
+                if (!(datapath_affinity_get(h->datapath, req->client.sin_addr.s_addr, &aff) == 0 &&
+                      !(aff.flags & TSF_AFFINITY_F_MULTI_USER) && node_by_id(h, aff.node_id)) &&
+                    decide_by_directory(h, req, NULL, NULL))
+                        return GATEWAY_DECIDE_LATER;
         }
 
-        /* 3. Client affinity (the fast path missed it: expired, shared, or
-         *    for another node). Shared addresses never decide. */
-        if (datapath_affinity_get(h->datapath, req->client.sin_addr.s_addr, &aff) == 0 &&
-            !(aff.flags & TSF_AFFINITY_F_MULTI_USER) && (node = node_by_id(h, aff.node_id))) {
-                decision_to_node(h, node, 0, out);
-                snprintf(out->reason, sizeof(out->reason), "client affinity to %.64s", node->name);
-                goto done;
-        }
-
-        /* 4. Placement. */
-        decide_placement(h, out);
-        if (out->verdict == GATEWAY_REFUSE)
-                return 0;
-
-done:
-        node = out->verdict == GATEWAY_LOCAL ? h->self : node_by_addr(h, out->backend.sin_addr.s_addr);
-        user_hash = out->user_key[0] ? tsf_user_key_hash(out->user_key, strlen(out->user_key)) : 0;
-        if (node && h->config->affinity_ttl > 0) {
-                r = datapath_affinity_note(h->datapath, req->client.sin_addr.s_addr, node->id, user_hash,
-                                           h->config->affinity_ttl * 1000);
-                if (r < 0)
-                        log_debug_errno(r, "Failed to note client affinity, ignoring: %m");
-        }
+        /* 3, 4. Affinity, then placement here. */
+        decide_locally(h, &req->client, out);
+        decision_finish(h, &req->client, out);
         return 0;
 }
 
@@ -380,6 +679,161 @@ static void host_reconcile_conns(struct host *h) {
         free(rc.cookies);
 }
 
+/* ---- the local API (UNIX socket: session hosts, tsctl) --------------------- */
+
+static const char *const session_events[] = {"logon", "disconnect", "reconnect", "logoff"};
+
+/* POST /v1/sessions/event: a session host reports one of its sessions.
+ * Validated here so that a bad report is refused at once, not dropped
+ * later; delivered to the directory in order, queued while it is away. */
+static int on_api_session_event(struct tsf_api_request *req, json_t *body, const struct tsf_api_peer *peer,
+                                json_t **ret_reply, void *userdata) {
+        struct host *h = userdata;
+        const char *event = json_string_value(json_object_get(body, "event"));
+        const char *user = json_string_value(json_object_get(body, "user"));
+        const char *device = json_string_value(json_object_get(body, "device"));
+        const char *client = json_string_value(json_object_get(body, "client_address"));
+        json_t *id = json_object_get(body, "session_id");
+        struct dirclient_stats st;
+        struct tsf_userkey uk;
+        struct in_addr ignored;
+        bool known = false;
+        int r;
+
+        if (!h->dirclient) {
+                *ret_reply = tsf_api_error("no-directory", "this node follows no directory ([host] directory)");
+                return 409;
+        }
+        if (!json_is_object(body)) {
+                *ret_reply = tsf_api_error("invalid-request", "a JSON object is required");
+                return 400;
+        }
+        for (size_t i = 0; event && i < ELEMENTSOF(session_events); i++)
+                known = known || strcmp(event, session_events[i]) == 0;
+        if (!known) {
+                *ret_reply = tsf_api_error("invalid-request",
+                                           "'event' must be logon, disconnect, reconnect or logoff");
+                return 400;
+        }
+        if (!user || tsf_userkey_parse(user, strlen(user), &uk) < 0) {
+                *ret_reply = tsf_api_error("invalid-request", "'user' is missing or not a user name");
+                return 400;
+        }
+        if (!json_is_integer(id) || json_integer_value(id) <= 0 || json_integer_value(id) > UINT32_MAX) {
+                *ret_reply = tsf_api_error("invalid-request", "'session_id' must be an integer 1..4294967295");
+                return 400;
+        }
+        if ((device && strlen(device) > 64) || (json_object_get(body, "device") && !device)) {
+                *ret_reply = tsf_api_error("invalid-request", "'device' must be a string of at most 64 bytes");
+                return 400;
+        }
+        if (json_object_get(body, "client_address") && (!client || inet_pton(AF_INET, client, &ignored) != 1)) {
+                *ret_reply = tsf_api_error("invalid-request", "'client_address' must be an IPv4 address");
+                return 400;
+        }
+        r = dirclient_report(h->dirclient, &(struct dirclient_event){
+                                                   .event = event,
+                                                   .user = user,
+                                                   .session_id = (uint32_t)json_integer_value(id),
+                                                   .device = device,
+                                                   .client_address = client,
+                                           });
+        if (r < 0)
+                return r;
+        log_info("Session host (pid %d) reports %s of %s, session %" JSON_INTEGER_FORMAT ".", (int)peer->pid,
+                 event, user, json_integer_value(id));
+        dirclient_get_stats(h->dirclient, &st);
+        *ret_reply = json_pack("{s:I}", "queued", (json_int_t)st.queued);
+        return *ret_reply ? 202 : -ENOMEM;
+}
+
+static int tracked_to_json(const struct tracker_session *s, void *userdata) {
+        return json_array_append_new(userdata, json_pack("{s:s, s:I, s:s, s:i}", "user_key", s->user_key,
+                                                         "session_id", (json_int_t)s->session_id, "state",
+                                                         s->disconnected ? "disconnected" : "active",
+                                                         "connections", (int)s->connections)) < 0
+                       ? -ENOMEM
+                       : 0;
+}
+
+/* GET /v1/status: this node as the host role sees it. */
+static int on_api_status(struct tsf_api_request *req, json_t *body, const struct tsf_api_peer *peer,
+                         json_t **ret_reply, void *userdata) {
+        struct host *h = userdata;
+        _cleanup_(json_decrefp) json_t *reply = NULL, *tracked = json_array();
+        struct dirclient_stats st;
+
+        if (!tracked || (h->tracker && tracker_foreach(h->tracker, tracked_to_json, tracked) < 0))
+                return -ENOMEM;
+        reply = json_pack("{s:s, s:I, s:O}", "node", h->self->name, "node_id", (json_int_t)h->self->id,
+                          "tracked_sessions", tracked);
+        if (!reply)
+                return -ENOMEM;
+        if (h->dirclient) {
+                dirclient_get_stats(h->dirclient, &st);
+                if (json_object_set_new(reply, "directory",
+                                        json_pack("{s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "url",
+                                                  h->config->directory, "reachable",
+                                                  dirclient_reachable(h->dirclient), "revision",
+                                                  (json_int_t)st.revision, "queued", (json_int_t)st.queued,
+                                                  "delivered", (json_int_t)st.delivered, "refused",
+                                                  (json_int_t)st.refused, "dropped", (json_int_t)st.dropped,
+                                                  "queries", (json_int_t)st.queries, "query_failures",
+                                                  (json_int_t)st.query_failures)) < 0)
+                        return -ENOMEM;
+        }
+        *ret_reply = TAKE_PTR(reply);
+        return 200;
+}
+
+static const struct tsf_api_route host_routes[] = {
+        {"POST", "/v1/sessions/event", TSF_API_BODY, on_api_session_event},
+        {"GET", "/v1/status", 0, on_api_status},
+        {},
+};
+
+static double metric_queued(void *userdata) {
+        struct host *h = userdata;
+        struct dirclient_stats st = {};
+
+        if (h->dirclient)
+                dirclient_get_stats(h->dirclient, &st);
+        return (double)st.queued;
+}
+
+static double metric_delivered(void *userdata) {
+        struct host *h = userdata;
+        struct dirclient_stats st = {};
+
+        if (h->dirclient)
+                dirclient_get_stats(h->dirclient, &st);
+        return (double)st.delivered;
+}
+
+static int host_api_start(struct host *h) {
+        struct tsf_api_server_config c = {.unix_path = h->config->socket, .unix_mode = 0600};
+        int r;
+
+        r = tsf_mkdir_parent(h->config->socket, 0755);
+        if (r >= 0)
+                r = tsf_api_server_new(h->manager->event, &c, &h->api);
+        if (r >= 0)
+                r = tsf_api_server_add_routes(h->api, host_routes, h);
+        if (r >= 0)
+                r = tsf_api_metric_add(h->api, "tsfarm_host_directory_events_queued",
+                                       "Session events waiting for the directory.", TSF_METRIC_GAUGE,
+                                       metric_queued, h);
+        if (r >= 0)
+                r = tsf_api_metric_add(h->api, "tsfarm_host_directory_events_delivered_total",
+                                       "Session events the directory accepted.", TSF_METRIC_COUNTER,
+                                       metric_delivered, h);
+        if (r >= 0)
+                r = tsf_api_server_start(h->api);
+        if (r < 0)
+                return log_error_errno(r, "Failed to serve the local API on %s: %m", h->config->socket);
+        return 0;
+}
+
 static int host_new(struct manager *m, void **ret) {
         struct host *h = calloc(1, sizeof(*h));
 
@@ -400,6 +854,7 @@ static int host_start(void *userdata) {
                 .cgroup_path = h->config->cgroup,
                 .self_node_id = h->self->id,
                 .rdp_port = h->config->rdp_port,
+                .sessions_max = h->config->sessions_max,
                 .on_event = on_conn_event,
                 .userdata = h,
         };
@@ -445,10 +900,30 @@ static int host_start(void *userdata) {
          * arrives; until then (and while it is unreachable) steering goes on
          * from what the map holds. */
         if (h->config->directory) {
-                r = dirclient_start(h->manager->config, h->self, h->datapath, &h->dirclient);
+                struct dirclient_options dco = {
+                        .event = h->manager->event,
+                        .config = h->manager->config,
+                        .self = h->self,
+                        .datapath = h->datapath,
+                        .on_nodes = on_directory_nodes,
+                        .on_session_ended = on_session_ended,
+                        .userdata = h,
+                };
+
+                r = dirclient_new(&dco, &h->dirclient);
                 if (r < 0)
                         return r;
+                if (h->config->track_sessions) {
+                        r = tracker_new(h->manager->event, h->config->disconnect_grace, tracker_lookup,
+                                        tracker_report, h, &h->tracker);
+                        if (r < 0)
+                                return log_error_errno(r, "Failed to set up session tracking: %m");
+                }
         }
+        gateway_set_relay_observer(h->gateway, on_relay, h);
+        r = host_api_start(h);
+        if (r < 0)
+                return r;
         (void)gateway_get_address(h->gateway, &listen);
         log_info(
                 "Host role started: node %s (id %u), RDP port %u, gateway on %s:%u, local RDP server %s:%u.",
@@ -476,6 +951,8 @@ static int host_reload(void *userdata, const struct tsagent_config *c) {
                 return -EINVAL;
         h->config = &c->host;
         h->self = self;
+        if (h->tracker)
+                tracker_set_grace(h->tracker, c->host.disconnect_grace);
         r = datapath_set_config(h->datapath, self->id, c->host.rdp_port);
         if (r >= 0)
                 r = host_sync_nodes(h);
@@ -496,10 +973,17 @@ static void host_free(void *userdata) {
         if (!h)
                 return;
         /* The gateway first: its socket leaves the sockmap as it closes, so
-         * new connections fail open to the local RDP server from here on. */
+         * new connections fail open to the local RDP server from here on.
+         * Its relays end with it; that is not news for the directory. */
+        h->stopping = true;
+        tsf_api_server_free(h->api);
         gateway_free(h->gateway);
-        /* The worker writes the sessions map: it stops before the datapath goes. */
+        while (h->pending)
+                pending_free(h->pending);
+        tracker_free(h->tracker);
+        /* It writes the sessions map: it goes before the datapath. */
         dirclient_free(h->dirclient);
+        free(h->conns);
         host_addrs_free(h->addrs);
         datapath_free(h->datapath);
         free(h);

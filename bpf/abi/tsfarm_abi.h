@@ -208,6 +208,7 @@ _Static_assert(sizeof(struct tsf_conn) == 72, "tsf_conn size");
 /* ---- events: RINGBUF of tsf_conn_event --------------------------------- */
 
 #define TSF_EVENT_CLOSE 1
+#define TSF_EVENT_OPEN 2 /* a passive RDP-port connection was established (closed_ns = 0) */
 
 struct tsf_conn_event {
         __u32 type;           /* TSF_EVENT_* */

@@ -930,15 +930,26 @@ static void test_track_shares_pinned_maps(void **state) {
         }
 }
 
+/* Close events in ev[], open events (passive sides only) in open[]. */
 struct events {
         struct tsf_conn_event ev[8];
         size_t n;
+        struct tsf_conn_event open[8];
+        size_t n_open;
 };
 
 static int on_event(void *ctx, void *data, size_t size) {
         struct events *evs = ctx;
+        const struct tsf_conn_event *e = data;
 
-        if (size < sizeof(struct tsf_conn_event) || evs->n >= ELEMENTSOF(evs->ev))
+        if (size < sizeof(struct tsf_conn_event))
+                return 0;
+        if (e->type == TSF_EVENT_OPEN) {
+                if (evs->n_open < ELEMENTSOF(evs->open))
+                        memcpy(&evs->open[evs->n_open++], data, sizeof(*e));
+                return 0;
+        }
+        if (evs->n >= ELEMENTSOF(evs->ev))
                 return 0;
         memcpy(&evs->ev[evs->n++], data, sizeof(struct tsf_conn_event));
         return 0;
@@ -1066,6 +1077,13 @@ static void test_track_orderly_close(void **state) {
         assert_int_equal(se->conn.local_port, env.rdp_port);
         assert_int_equal(se->conn.remote_port, c_port);
         assert_int_equal(se->conn.end, TSF_END_FIN_REMOTE);
+        /* The passive side was announced when it was established, once;
+         * the active side never is (the agent attributes clients only). */
+        assert_int_equal(evs.n_open, 1);
+        assert_int_equal(evs.open[0].cookie, s_cookie);
+        assert_int_equal(evs.open[0].conn.dir, TSF_CONN_PASSIVE);
+        assert_int_equal(evs.open[0].conn.remote_port, c_port);
+        assert_int_equal(evs.open[0].closed_ns, 0);
         assert_int_equal(se->error, 0);
         assert_bytes(se->conn.bytes_received, TO_SERVER);
         assert_bytes(se->conn.bytes_acked, TO_CLIENT);
