@@ -116,6 +116,25 @@ static void test_host_section(void **state) {
         assert_string_equal(c->host.sessions[0].user, "alice"); /* folded user part */
         assert_string_equal(c->host.sessions[0].node, "ts1");
         assert_string_equal(c->host.sessions[1].user, "bob");
+        /* Without a directory: placement here, the default socket. */
+        assert_int_equal(c->host.placement, HOST_PLACEMENT_LOCAL);
+        assert_string_equal(c->host.socket, "/run/tsfarm/agent.sock");
+        assert_int_equal(c->host.sessions_max, 65536);
+        tsagent_config_free(c);
+
+        /* With one: the directory places, connections are tracked. */
+        path = write_conf("[agent]\nroles = host\nnode-name = ts1\nruntime-directory = /run/x\n"
+                          "[host]\ndirectory = https://10.0.0.9:7400\ncertificate = /c\nkey = /k\nca = /a\n"
+                          "disconnect-grace = 500ms\nsessions-max = 2000000\n"
+                          "[node ts1]\nid = 1\naddress = 10.0.0.1\n");
+        assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), 0);
+        unlink(path);
+        assert_int_equal(c->host.placement, HOST_PLACEMENT_FARM);
+        assert_true(c->host.track_sessions);
+        assert_int_equal(c->host.disconnect_grace, 500 * USEC_PER_MSEC);
+        assert_int_equal(c->host.directory_query_timeout, 250 * USEC_PER_MSEC);
+        assert_int_equal(c->host.sessions_max, 2000000);
+        assert_string_equal(c->host.socket, "/run/x/agent.sock");
         tsagent_config_free(c);
 }
 
@@ -146,6 +165,10 @@ static void test_host_cross_checks(void **state) {
                 {"[host]\ndirectory = https://\n", "is not an https://ADDR:PORT URL"},
                 {"[host]\ndirectory = https://10.0.0.1:7400\ncertificate = /c.crt\nkey = /c.key\n",
                  "[host] directory needs certificate, key and ca"},
+                {"[host]\nplacement = nearest\n", "[host] placement: 'nearest' is neither farm nor local"},
+                {"[host]\nplacement = farm\n", "[host] placement = farm needs a directory"},
+                {"[host]\nsessions-max = 10\n", "sessions-max"},
+                {"[host]\ndirectory-query-timeout = 0\n", "directory-query-timeout"},
         };
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
