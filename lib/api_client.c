@@ -203,7 +203,6 @@ static int curl_to_errno(CURLcode code) {
         }
 }
 
-
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct curl_slist *, curl_slist_free_all);
 
 static struct curl_slist *build_headers(bool has_body) {
@@ -461,7 +460,8 @@ int tsf_api_client_attach_event(struct tsf_api_client *c, sd_event *event) {
         c->multi = curl_multi_init();
         if (!c->multi)
                 return -ENOMEM;
-        r = sd_event_add_time(event, &c->timer, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_curl_timer, c);
+        r = sd_event_add_time(event, &c->timer, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_curl_timer,
+                              c);
         if (r < 0)
                 return r;
         r = sd_event_source_set_enabled(c->timer, SD_EVENT_OFF);

@@ -423,8 +423,7 @@ static int apply_snapshot_page(struct dirclient *dc, json_t *reply) {
                 return -EBADMSG;
         if (k->after == 0) {
                 k->revision = (uint64_t)json_integer_value(json_object_get(reply, "revision"));
-                json_array_foreach(nodes, i, v)
-                        apply_node(dc, v);
+                json_array_foreach(nodes, i, v) apply_node(dc, v);
                 if (dc->on_nodes)
                         dc->on_nodes(dc->userdata);
         }
@@ -729,7 +728,8 @@ int dirclient_query(struct dirclient *dc, const char *cookie, dirclient_answer_f
         q->dc = dc;
         q->cb = cb;
         q->userdata = userdata;
-        r = tsf_api_client_start(dc->client, "POST", url, body, dc->query_timeout, on_query_done, q, &q->call);
+        r = tsf_api_client_start(dc->client, "POST", url, body, dc->query_timeout, on_query_done, q,
+                                 &q->call);
         if (r < 0) {
                 free(q);
                 return r;
@@ -875,8 +875,8 @@ int dirclient_new(const struct dirclient_options *o, struct dirclient **ret) {
         retries[1] = &dc->feed_retry;
         retries[2] = &dc->event_retry;
         for (size_t i = 0; i < ELEMENTSOF(retries); i++) {
-                r = sd_event_add_time(o->event, &retries[i]->timer, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC,
-                                      on_retry, dc);
+                r = sd_event_add_time(o->event, &retries[i]->timer, CLOCK_MONOTONIC, UINT64_MAX,
+                                      USEC_PER_MSEC, on_retry, dc);
                 if (r >= 0)
                         r = sd_event_source_set_enabled(retries[i]->timer, SD_EVENT_OFF);
                 if (r < 0)

@@ -701,7 +701,8 @@ static int on_api_session_event(struct tsf_api_request *req, json_t *body, const
         int r;
 
         if (!h->dirclient) {
-                *ret_reply = tsf_api_error("no-directory", "this node follows no directory ([host] directory)");
+                *ret_reply =
+                        tsf_api_error("no-directory", "this node follows no directory ([host] directory)");
                 return 409;
         }
         if (!json_is_object(body)) {
@@ -720,14 +721,17 @@ static int on_api_session_event(struct tsf_api_request *req, json_t *body, const
                 return 400;
         }
         if (!json_is_integer(id) || json_integer_value(id) <= 0 || json_integer_value(id) > UINT32_MAX) {
-                *ret_reply = tsf_api_error("invalid-request", "'session_id' must be an integer 1..4294967295");
+                *ret_reply =
+                        tsf_api_error("invalid-request", "'session_id' must be an integer 1..4294967295");
                 return 400;
         }
         if ((device && strlen(device) > 64) || (json_object_get(body, "device") && !device)) {
-                *ret_reply = tsf_api_error("invalid-request", "'device' must be a string of at most 64 bytes");
+                *ret_reply =
+                        tsf_api_error("invalid-request", "'device' must be a string of at most 64 bytes");
                 return 400;
         }
-        if (json_object_get(body, "client_address") && (!client || inet_pton(AF_INET, client, &ignored) != 1)) {
+        if (json_object_get(body, "client_address") &&
+            (!client || inet_pton(AF_INET, client, &ignored) != 1)) {
                 *ret_reply = tsf_api_error("invalid-request", "'client_address' must be an IPv4 address");
                 return 400;
         }

@@ -60,8 +60,8 @@ static uint32_t new_session_id(void) {
         return id & 0x7fffffff ? id & 0x7fffffff : 1;
 }
 
-int tracker_new(sd_event *e, usec_t grace, tracker_lookup_fn lookup, tracker_report_fn report, void *userdata,
-                struct tracker **ret) {
+int tracker_new(sd_event *e, usec_t grace, tracker_lookup_fn lookup, tracker_report_fn report,
+                void *userdata, struct tracker **ret) {
         struct tracker *t = calloc(1, sizeof(*t));
 
         if (!t)
@@ -150,10 +150,11 @@ void tracker_close(struct tracker *t, const char *user_key) {
                 return;
         if (--s->connections > 0 || s->disconnected)
                 return;
-        r = sd_event_add_time_relative(t->event, &s->grace, CLOCK_MONOTONIC, t->grace, USEC_PER_MSEC, on_grace,
-                                       s);
+        r = sd_event_add_time_relative(t->event, &s->grace, CLOCK_MONOTONIC, t->grace, USEC_PER_MSEC,
+                                       on_grace, s);
         if (r < 0) {
-                log_warning_errno(r, "Failed to arm the disconnect timer of %s, reporting now: %m", user_key);
+                log_warning_errno(r, "Failed to arm the disconnect timer of %s, reporting now: %m",
+                                  user_key);
                 on_grace(NULL, 0, s);
         }
 }

@@ -27,11 +27,11 @@ struct tracker;
 typedef int (*tracker_lookup_fn)(void *userdata, const char *user_key, uint32_t *ret_session_id,
                                  bool *ret_disconnected);
 /* An event for the directory: "logon", "reconnect", "disconnect". */
-typedef void (*tracker_report_fn)(void *userdata, const char *event, const char *user_key, uint32_t session_id,
-                                  uint32_t client_be);
+typedef void (*tracker_report_fn)(void *userdata, const char *event, const char *user_key,
+                                  uint32_t session_id, uint32_t client_be);
 
-int tracker_new(sd_event *e, usec_t grace, tracker_lookup_fn lookup, tracker_report_fn report, void *userdata,
-                struct tracker **ret);
+int tracker_new(sd_event *e, usec_t grace, tracker_lookup_fn lookup, tracker_report_fn report,
+                void *userdata, struct tracker **ret);
 struct tracker *tracker_free(struct tracker *t);
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct tracker *, tracker_free);
 
