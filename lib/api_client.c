@@ -27,6 +27,7 @@
 
 #include "tsfarm/api.h"
 #include "tsfarm/cleanup.h"
+#include "tsfarm/list.h"
 #include "tsfarm/log.h"
 #include "tsfarm/macro.h"
 
@@ -117,12 +118,7 @@ int tsf_api_client_new(const struct tsf_api_client_config *config, struct tsf_ap
 static void call_free(struct tsf_api_call *call) {
         struct tsf_api_client *c = call->client;
 
-        if (call->prev)
-                call->prev->next = call->next;
-        else
-                c->calls = call->next;
-        if (call->next)
-                call->next->prev = call->prev;
+        LIST_REMOVE(c->calls, call);
         if (call->easy) {
                 if (c->multi)
                         (void)curl_multi_remove_handle(c->multi, call->easy);
@@ -490,10 +486,7 @@ int tsf_api_client_start(struct tsf_api_client *c, const char *method, const cha
         call->done = done;
         call->userdata = userdata;
         call->answer.max = c->response_max;
-        call->next = c->calls;
-        if (c->calls)
-                c->calls->prev = call;
-        c->calls = call;
+        LIST_PREPEND(c->calls, call);
 
         if (in && !(call->body = json_dumps(in, JSON_COMPACT)))
                 goto oom;

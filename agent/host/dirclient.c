@@ -10,6 +10,7 @@
 
 #include "agent/host/dirclient.h"
 #include "tsfarm/api.h"
+#include "tsfarm/list.h"
 #include "tsfarm/log.h"
 #include "tsfarm/maps.h"
 
@@ -642,12 +643,7 @@ void dirclient_get_stats(const struct dirclient *dc, struct dirclient_stats *ret
 static void query_free(struct dirclient_query *q) {
         struct dirclient *dc = q->dc;
 
-        if (q->prev)
-                q->prev->next = q->next;
-        else
-                dc->queries = q->next;
-        if (q->next)
-                q->next->prev = q->prev;
+        LIST_REMOVE(dc->queries, q);
         tsf_api_call_cancel(q->call);
         free(q);
 }
@@ -734,10 +730,7 @@ int dirclient_query(struct dirclient *dc, const char *cookie, dirclient_answer_f
                 free(q);
                 return r;
         }
-        q->next = dc->queries;
-        if (dc->queries)
-                dc->queries->prev = q;
-        dc->queries = q;
+        LIST_PREPEND(dc->queries, q);
         dc->stats.queries++;
         if (ret)
                 *ret = q;

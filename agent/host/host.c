@@ -17,6 +17,7 @@
 #include "agent/host/tracker.h"
 #include "tsfarm/api.h"
 #include "tsfarm/fs.h"
+#include "tsfarm/list.h"
 #include "tsfarm/log.h"
 #include "tsfarm/userkey.h"
 
@@ -478,12 +479,7 @@ static void decide_locally(struct host *h, const struct sockaddr_in *client, str
 static void pending_free(struct pending *p) {
         struct host *h = p->host;
 
-        if (p->prev)
-                p->prev->next = p->next;
-        else
-                h->pending = p->next;
-        if (p->next)
-                p->next->prev = p->prev;
+        LIST_REMOVE(h->pending, p);
         dirclient_query_cancel(p->query);
         free(p);
 }
@@ -551,10 +547,7 @@ static bool decide_by_directory(struct host *h, const struct gateway_request *re
                 free(p);
                 return false;
         }
-        p->next = h->pending;
-        if (h->pending)
-                h->pending->prev = p;
-        h->pending = p;
+        LIST_PREPEND(h->pending, p);
         return true;
 }
 

@@ -5,6 +5,7 @@
 #include <sys/random.h>
 
 #include "agent/host/tracker.h"
+#include "tsfarm/list.h"
 #include "tsfarm/log.h"
 #include "tsfarm/macro.h"
 
@@ -38,12 +39,7 @@ static struct tracked *find(const struct tracker *t, const char *user_key) {
 static void tracked_free(struct tracked *s) {
         struct tracker *t = s->tracker;
 
-        if (s->prev)
-                s->prev->next = s->next;
-        else
-                t->first = s->next;
-        if (s->next)
-                s->next->prev = s->prev;
+        LIST_REMOVE(t->first, s);
         sd_event_source_disable_unref(s->grace);
         free(s->user_key);
         free(s);
@@ -101,10 +97,7 @@ int tracker_open(struct tracker *t, const char *user_key, uint32_t client_be) {
                         return -ENOMEM;
                 }
                 s->tracker = t;
-                s->next = t->first;
-                if (t->first)
-                        t->first->prev = s;
-                t->first = s;
+                LIST_PREPEND(t->first, s);
                 s->client_be = client_be;
                 /* A session the directory already has here (an agent restart
                  * in between) is the one the user comes back to. */
