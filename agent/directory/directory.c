@@ -50,6 +50,7 @@ struct directory {
 
         /* Live from the configuration (reload changes them). */
         usec_t heartbeat_lapse;
+        usec_t started; /* CLOCK_MONOTONIC */
         enum dir_policy policy;
 
         unsigned ticks;
@@ -723,7 +724,14 @@ static int on_expire(sd_event_source *s, uint64_t usec, void *userdata) {
         struct directory *d = userdata;
         int r;
 
-        r = dir_nodes_expire(d->store, tsf_now_realtime(), d->heartbeat_lapse);
+        /* Right after a start, every heartbeat on record is from before it:
+         * the nodes had no directory to heartbeat to. A whole lapse goes by
+         * before anyone is judged, or a directory outage longer than the
+         * lapse would cost the farm every session. */
+        if (tsf_now_monotonic() < d->started + d->heartbeat_lapse)
+                r = 0;
+        else
+                r = dir_nodes_expire(d->store, tsf_now_realtime(), d->heartbeat_lapse);
         if (r < 0)
                 log_warning_errno(r, "Failed to expire lapsed nodes: %m");
         else if (r > 0) {
@@ -827,6 +835,12 @@ static int directory_start(void *userdata) {
                                        c->certificate ? listen : "-", (unsigned)ntohs(c->listen.sin_port),
                                        c->socket);
 
+        d->started = tsf_now_monotonic();
+        /* Host agents heartbeat every 5 s and retry 5 s after a failure. */
+        if (d->heartbeat_lapse < 11 * USEC_PER_SEC)
+                log_warning("heartbeat-lapse is %" PRIu64 " ms: host agents heartbeat every 5 s, so a "
+                            "single lost heartbeat marks a node down; 11 s or more is advised.",
+                            d->heartbeat_lapse / USEC_PER_MSEC);
         r = sd_event_add_defer(d->manager->event, &d->notify, on_notify, d);
         if (r >= 0)
                 r = sd_event_source_set_enabled(d->notify, SD_EVENT_OFF);

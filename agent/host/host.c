@@ -413,32 +413,49 @@ static int decide_by_user(struct host *h, const struct tsf_cr *cr, struct gatewa
         return 1;
 }
 
-/* Placement in host mode: here, unless this node is drained; then the
- * first peer that is not, by weight. (Session counts arrive with the
- * directory.) */
+/* Whether a node takes new sessions, by this file and, when it has said,
+ * the directory (drain state, down, session limit). */
+static bool node_takes_new(const struct host *h, const struct host_node_config *n) {
+        const struct dirclient_node *dn = dirclient_node(h->dirclient, n->name);
+
+        if (n->draining || (n == h->self && h->config->drain))
+                return false;
+        return !dn ||
+               (dn->up && !dn->draining && (dn->session_limit == 0 || dn->sessions < dn->session_limit));
+}
+
+/* Placement without the directory's answer: here, unless this node takes
+ * no new sessions; then the peer that does with the most room for its
+ * weight (the directory's last word on session counts, if any). */
 static void decide_placement(struct host *h, struct gateway_decision *out) {
         const struct host_node_config *best = NULL;
+        uint64_t best_load = 0;
 
-        if (!h->config->drain && !h->self->draining) {
+        if (node_takes_new(h, h->self)) {
                 decision_to_node(h, h->self, 0, out);
                 snprintf(out->reason, sizeof(out->reason), "new session: placed here");
                 return;
         }
         for (size_t i = 0; i < h->config->n_nodes; i++) {
                 const struct host_node_config *n = &h->config->nodes[i];
+                const struct dirclient_node *dn = dirclient_node(h->dirclient, n->name);
+                /* (sessions + 1) / weight, compared as cross products. */
+                uint64_t load = dn ? dn->sessions + 1 : 1;
 
-                if (n == h->self || n->draining)
+                if (n == h->self || !node_takes_new(h, n) || n->weight == 0)
                         continue;
-                if (!best || n->weight > best->weight)
+                if (!best || load * best->weight < best_load * n->weight) {
                         best = n;
+                        best_load = load;
+                }
         }
         if (!best) {
                 out->verdict = GATEWAY_REFUSE;
-                snprintf(out->reason, sizeof(out->reason), "new session: every node is draining");
+                snprintf(out->reason, sizeof(out->reason), "new session: no node takes new sessions");
                 return;
         }
         decision_to_node(h, best, 0, out);
-        snprintf(out->reason, sizeof(out->reason), "new session: this node drains, placed on %.64s",
+        snprintf(out->reason, sizeof(out->reason), "new session: this node takes none, placed on %.64s",
                  best->name);
 }
 

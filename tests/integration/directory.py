@@ -277,7 +277,19 @@ def essence(s):
 after = snapshot() if ready else None
 check("everything is still there after a restart", after and essence(after) == essence(before),
       f"{essence(before)} -> {after and essence(after)}")
+
+# An outage longer than the lapse: nobody could heartbeat, so nobody is
+# judged for it until a whole lapse after the restart.
+rc = stop_agent(agent)
+time.sleep(3)  # the outage itself, longer than the 2 s lapse
+agent, ready = start_agent()
+check("tsagent starts after a long outage", ready)
+went_down = wait_for(lambda: not node_of(snapshot(), "n2")["up"], 1.6, 0.1)
+check("n2 is not marked down for the outage (first expiry ticks after the restart)", not went_down,
+      f"{snapshot()}")
 beating["n2"] = True
+went_down = wait_for(lambda: not node_of(snapshot(), "n2")["up"], 3, 0.1)
+check("... and stays up once it heartbeats again", not went_down, f"{snapshot()}")
 
 stop_beats.set()
 beater.join(timeout=5)
