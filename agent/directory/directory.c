@@ -35,7 +35,6 @@ struct waiter {
 struct counts {
         bool valid;
         uint64_t revision;
-        usec_t computed;
         uint64_t sessions[_DIR_SESSION_STATE_MAX];
         unsigned nodes_up, nodes_down;
 };
@@ -649,9 +648,8 @@ static const struct tsf_api_route directory_routes[] = {
 
 /* ---- metrics -------------------------------------------------------------- */
 
-/* Counting a million sessions costs a scan: once per revision, and at
- * most every COUNTS_MIN_AGE however often the metrics are scraped. */
-#define COUNTS_MIN_AGE (10 * USEC_PER_SEC)
+/* Per-state counts are kept by the store's triggers; the nodes are read
+ * once per revision. */
 
 static int count_node(const struct dir_change *c, void *userdata) {
         struct counts *k = userdata;
@@ -668,17 +666,14 @@ static int count_node(const struct dir_change *c, void *userdata) {
 static const struct counts *directory_counts(struct directory *d) {
         struct counts k = {};
         uint64_t sessions[_DIR_SESSION_STATE_MAX];
-        usec_t now = tsf_now_monotonic();
 
-        if (d->counts.valid && (d->counts.revision == dir_store_revision(d->store) ||
-                                now < d->counts.computed + COUNTS_MIN_AGE))
+        if (d->counts.valid && d->counts.revision == dir_store_revision(d->store))
                 return &d->counts;
         if (dir_snapshot(d->store, 0, 1, count_node, &k, &k.revision) >= 0 &&
             dir_session_counts(d->store, sessions, NULL) >= 0) {
                 for (size_t i = 0; i < _DIR_SESSION_STATE_MAX; i++)
                         k.sessions[i] = sessions[i];
                 k.valid = true;
-                k.computed = now;
                 d->counts = k;
         }
         return &d->counts;

@@ -113,6 +113,27 @@ static const char *const migrations[] = {
         "        UPDATE nodes SET sessions = sessions + (CASE WHEN NEW.state < 2 THEN 1 ELSE -1 END)\n"
         "                WHERE id = NEW.node_id;\n"
         "END;\n",
+        /* 1 -> 2: sessions per state, kept by triggers, so that /metrics
+         * reads three rows instead of scanning a million (432 ms with 1M
+         * sessions, on the loop that answers logon queries). */
+        "CREATE TABLE session_counts (\n"
+        "        state INTEGER PRIMARY KEY,\n"
+        "        n INTEGER NOT NULL\n"
+        ");\n"
+        "INSERT INTO session_counts (state, n) VALUES (0, 0), (1, 0), (2, 0);\n"
+        "UPDATE session_counts SET n = (SELECT count(*) FROM sessions s WHERE s.state = "
+        "session_counts.state);\n"
+        "CREATE TRIGGER session_counts_insert AFTER INSERT ON sessions BEGIN\n"
+        "        UPDATE session_counts SET n = n + 1 WHERE state = NEW.state;\n"
+        "END;\n"
+        "CREATE TRIGGER session_counts_delete AFTER DELETE ON sessions BEGIN\n"
+        "        UPDATE session_counts SET n = n - 1 WHERE state = OLD.state;\n"
+        "END;\n"
+        "CREATE TRIGGER session_counts_update AFTER UPDATE OF state ON sessions\n"
+        "        WHEN OLD.state != NEW.state BEGIN\n"
+        "        UPDATE session_counts SET n = n - 1 WHERE state = OLD.state;\n"
+        "        UPDATE session_counts SET n = n + 1 WHERE state = NEW.state;\n"
+        "END;\n",
 };
 
 #define NODE_COLUMNS                                                                                 \
@@ -218,7 +239,7 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_SESSION_DELETE] = "DELETE FROM sessions WHERE id = ?1",
         [ST_SESSIONS_ALL] = "SELECT " SESSION_COLUMNS SESSION_FROM "ORDER BY s.id",
         [ST_SESSIONS_PAGE] = "SELECT " SESSION_COLUMNS SESSION_FROM "WHERE s.id > ?1 ORDER BY s.id LIMIT ?2",
-        [ST_SESSION_COUNTS] = "SELECT state, count(*) FROM sessions GROUP BY state",
+        [ST_SESSION_COUNTS] = "SELECT state, n FROM session_counts",
         [ST_SESSIONS_SINCE] =
                 "SELECT " SESSION_COLUMNS SESSION_FROM "WHERE s.revision > ?1 ORDER BY s.revision LIMIT ?2",
         [ST_LOOKUP_KEY] = "SELECT " CANDIDATE_COLUMNS "WHERE s.user_key = ?1 AND s.state < 2 LIMIT ?2",

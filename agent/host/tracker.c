@@ -157,13 +157,17 @@ void tracker_session_ended(struct tracker *t, const char *user_key, uint32_t ses
 
         if (!s || s->session_id != session_id)
                 return;
-        if (lost && s->connections > 0) {
-                s->session_id = new_session_id();
-                s->disconnected = false;
-                log_info("The directory lost session %u of %s, which is still connected here: reporting it "
-                         "again as session %u.",
-                         session_id, user_key, s->session_id);
-                t->report(t->userdata, "logon", user_key, s->session_id, s->client_be);
+        if (lost) {
+                /* The directory marked this node down (a partition, a
+                 * stalled agent), but the RDP server still holds the
+                 * session: say again what it is, so the user is sent back
+                 * to it rather than given a new one elsewhere. */
+                log_info("The directory lost session %u of %s, which this node still holds: reporting it "
+                         "%s.",
+                         session_id, user_key, s->connections > 0 ? "active" : "disconnected");
+                t->report(t->userdata, s->connections > 0 ? "reconnect" : "disconnect", user_key,
+                          s->session_id, s->client_be);
+                s->disconnected = s->connections == 0;
                 return;
         }
         tracked_free(s);

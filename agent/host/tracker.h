@@ -41,9 +41,10 @@ void tracker_set_grace(struct tracker *t, usec_t grace);
 int tracker_open(struct tracker *t, const char *user_key, uint32_t client_be);
 void tracker_close(struct tracker *t, const char *user_key);
 
-/* The directory ended (logoff) or lost (node marked down) session
- * session_id of user_key on this node. A lost session with connections
- * still up is reported again as a new logon: it is alive here. */
+/* The directory ended (logoff: forgotten here) or lost (this node was
+ * marked down) session session_id of user_key on this node. A lost
+ * session is still held by the RDP server: it is reported again as it is
+ * (reconnect with connections up, else disconnect). */
 void tracker_session_ended(struct tracker *t, const char *user_key, uint32_t session_id, bool lost);
 
 struct tracker_session {

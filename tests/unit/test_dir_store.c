@@ -258,6 +258,20 @@ static void test_heartbeat_expiry_marks_sessions_lost(void **state) {
         assert_true(n.up);
         /* Once is enough. */
         assert_int_equal(dir_nodes_expire(f->s, tsf_now_realtime(), 15 * USEC_PER_SEC), 0);
+        {
+                /* The per-state counts (triggers) follow every change, and a
+                 * reopen (the migration's initial fill is not redone). */
+                uint64_t counts[_DIR_SESSION_STATE_MAX], rc;
+
+                assert_int_equal(dir_session_counts(f->s, counts, &rc), 0);
+                assert_int_equal(counts[DIR_SESSION_ACTIVE], 1);
+                assert_int_equal(counts[DIR_SESSION_DISCONNECTED], 0);
+                assert_int_equal(counts[DIR_SESSION_LOST], 2);
+                assert_int_equal(rc, dir_store_revision(f->s));
+                reopen(f);
+                assert_int_equal(dir_session_counts(f->s, counts, NULL), 0);
+                assert_int_equal(counts[DIR_SESSION_ACTIVE] + counts[DIR_SESSION_LOST], 3);
+        }
 
         /* bob's session is lost: he is placed anew, on the node that is up. */
         assert_int_equal(dir_logon_query(f->s, "bob", NULL, DIR_POLICY_ONE_SESSION, &a), 0);

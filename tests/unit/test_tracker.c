@@ -172,26 +172,34 @@ static void test_session_ended(void **state) {
         uint32_t id;
         int n = 0;
 
-        /* Lost while connected: alive here, so reported again, anew. */
+        /* Lost (this node was marked down) while connected: still alive
+         * here, so reported again as it is, same session. */
         assert_int_equal(tracker_open(f->t, "erin", 1), 0);
         id = f->reports[0].session_id;
         tracker_session_ended(f->t, "erin", id + 1, true); /* another session: not ours */
         assert_int_equal(f->n, 1);
         tracker_session_ended(f->t, "erin", id, true);
         assert_int_equal(f->n, 2);
-        assert_report(&f->reports[1], "logon", "erin");
-        assert_true(f->reports[1].session_id != id);
+        assert_report(&f->reports[1], "reconnect", "erin");
+        assert_int_equal(f->reports[1].session_id, id);
 
         /* Logged off (by the operator or the session host): forgotten; the
          * next connection is a new logon. */
         tracker_close(f->t, "erin");
         run_until(f, 3);
-        tracker_session_ended(f->t, "erin", f->reports[1].session_id, false);
+        assert_report(&f->reports[2], "disconnect", "erin");
+        /* Lost while disconnected: reported disconnected again. */
+        tracker_session_ended(f->t, "erin", id, true);
+        assert_int_equal(f->n, 4);
+        assert_report(&f->reports[3], "disconnect", "erin");
+        assert_int_equal(f->reports[3].session_id, id);
+        tracker_session_ended(f->t, "erin", id, false);
         assert_int_equal(tracker_foreach(f->t, count, &n), 0);
         assert_int_equal(n, 0);
         assert_int_equal(tracker_open(f->t, "erin", 1), 0);
-        assert_int_equal(f->n, 4);
-        assert_report(&f->reports[3], "logon", "erin");
+        assert_int_equal(f->n, 5);
+        assert_report(&f->reports[4], "logon", "erin");
+        assert_true(f->reports[4].session_id != id);
 }
 
 int main(void) {
