@@ -252,12 +252,26 @@ static const char *const stmt_sql[_ST_MAX] = {
 };
 
 /* A placement answer's hold on a slot. folded is NULL for a placement that
- * named nobody (no or unparsable cookie). */
+ * named nobody (no or unparsable cookie). Reservations are kept oldest
+ * first (a constant TTL makes that expiry order), named ones also in a
+ * hash by user part, anonymous ones in their own list, and counted per
+ * node: a placement costs O(nodes), not O(reservations), with tens of
+ * thousands of them during a logon storm. */
+#define PENDING_BUCKETS 4096
+
 struct pending {
+        struct pending *prev, *next;           /* every reservation, oldest first */
+        struct pending *hnext;                 /* the bucket's chain (named ones) */
+        struct pending *anon_prev, *anon_next; /* anonymous ones, oldest first */
         int64_t node_id;
         usec_t expires;
         char *folded; /* the cookie as the client sent it, folded */
         char *user;   /* its index key */
+};
+
+struct pending_node {
+        int64_t node_id;
+        uint64_t n;
 };
 
 struct dir_store {
@@ -271,8 +285,12 @@ struct dir_store {
         bool batch;
 
         usec_t pending_ttl;
-        struct pending *pending;
-        size_t n_pending, n_pending_alloc;
+        struct pending *pending_first, *pending_last;
+        struct pending *anon_first, *anon_last;
+        struct pending *buckets[PENDING_BUCKETS];
+        size_t n_pending;
+        struct pending_node *pending_nodes;
+        size_t n_pending_nodes;
 };
 
 /* ---- SQLite plumbing ----------------------------------------------------- */
@@ -708,14 +726,14 @@ int dir_store_open(const char *path, struct dir_store **ret) {
         return 0;
 }
 
+static void pending_remove(struct dir_store *s, struct pending *p);
+
 static void pending_clear(struct dir_store *s) {
-        for (size_t i = 0; i < s->n_pending; i++) {
-                free(s->pending[i].folded);
-                free(s->pending[i].user);
-        }
-        free(s->pending);
-        s->pending = NULL;
-        s->n_pending = s->n_pending_alloc = 0;
+        while (s->pending_first)
+                pending_remove(s, s->pending_first);
+        free(s->pending_nodes);
+        s->pending_nodes = NULL;
+        s->n_pending_nodes = 0;
 }
 
 struct dir_store *dir_store_close(struct dir_store *s) {
@@ -1011,51 +1029,119 @@ int dir_node_get(struct dir_store *s, const char *name, struct dir_node *ret) {
 
 /* ---- pending logons ------------------------------------------------------ */
 
-static void pending_remove(struct dir_store *s, size_t i) {
-        free(s->pending[i].folded);
-        free(s->pending[i].user);
-        s->pending[i] = s->pending[--s->n_pending];
+static struct pending **bucket_of(struct dir_store *s, const char *user, size_t len) {
+        uint32_t h = 2166136261u; /* FNV-1a */
+
+        for (size_t i = 0; i < len && user[i]; i++)
+                h = (h ^ (uint8_t)user[i]) * 16777619u;
+        return &s->buckets[h % PENDING_BUCKETS];
 }
 
-static void pending_expire(struct dir_store *s, usec_t now) {
-        for (size_t i = 0; i < s->n_pending;)
-                if (s->pending[i].expires <= now)
-                        pending_remove(s, i);
-                else
-                        i++;
-}
+static uint64_t *pending_node_count(struct dir_store *s, int64_t node_id, bool add) {
+        for (size_t i = 0; i < s->n_pending_nodes; i++)
+                if (s->pending_nodes[i].node_id == node_id)
+                        return &s->pending_nodes[i].n;
+        if (add) {
+                struct pending_node *a = reallocarray(s->pending_nodes, s->n_pending_nodes + 1, sizeof(*a));
 
-static struct pending *pending_find(struct dir_store *s, const struct tsf_userkey *key) {
-        for (size_t i = 0; i < s->n_pending; i++)
-                if (s->pending[i].folded && strcmp(s->pending[i].folded, key->folded) == 0)
-                        return &s->pending[i];
+                if (!a)
+                        return NULL;
+                s->pending_nodes = a;
+                a[s->n_pending_nodes] = (struct pending_node){.node_id = node_id};
+                return &a[s->n_pending_nodes++].n;
+        }
         return NULL;
 }
 
-static int pending_add(struct dir_store *s, int64_t node_id, const struct tsf_userkey *key, usec_t expires) {
-        struct pending p = {.node_id = node_id, .expires = expires};
+static void pending_remove(struct dir_store *s, struct pending *p) {
+        uint64_t *n = pending_node_count(s, p->node_id, false);
+
+        if (p->prev)
+                p->prev->next = p->next;
+        else
+                s->pending_first = p->next;
+        if (p->next)
+                p->next->prev = p->prev;
+        else
+                s->pending_last = p->prev;
+        if (p->user) {
+                for (struct pending **q = bucket_of(s, p->user, SIZE_MAX); *q; q = &(*q)->hnext)
+                        if (*q == p) {
+                                *q = p->hnext;
+                                break;
+                        }
+        } else {
+                if (p->anon_prev)
+                        p->anon_prev->anon_next = p->anon_next;
+                else
+                        s->anon_first = p->anon_next;
+                if (p->anon_next)
+                        p->anon_next->anon_prev = p->anon_prev;
+                else
+                        s->anon_last = p->anon_prev;
+        }
+        if (n && *n > 0)
+                (*n)--;
+        s->n_pending--;
+        free(p->folded);
+        free(p->user);
+        free(p);
+}
+
+static void pending_expire(struct dir_store *s, usec_t now) {
+        while (s->pending_first && s->pending_first->expires <= now)
+                pending_remove(s, s->pending_first);
+}
+
+static struct pending *pending_find(struct dir_store *s, const struct tsf_userkey *key) {
+        for (struct pending *p = *bucket_of(s, key->user, SIZE_MAX); p; p = p->hnext)
+                if (strcmp(p->folded, key->folded) == 0)
+                        return p;
+        return NULL;
+}
+
+static int pending_add(struct dir_store *s, int64_t node_id, const struct tsf_userkey *key, usec_t expires,
+                       struct pending **ret) {
+        _cleanup_free_ struct pending *p = NULL;
+        uint64_t *n;
 
         if (s->n_pending >= DIR_PENDING_MAX)
                 return -ENOBUFS;
-        if (s->n_pending == s->n_pending_alloc) {
-                size_t n = MAX(s->n_pending_alloc * 2, (size_t)16);
-                struct pending *a = reallocarray(s->pending, n, sizeof(*a));
-
-                if (!a)
-                        return -ENOMEM;
-                s->pending = a;
-                s->n_pending_alloc = n;
-        }
+        p = calloc(1, sizeof(*p));
+        n = pending_node_count(s, node_id, true);
+        if (!p || !n)
+                return -ENOMEM;
+        p->node_id = node_id;
+        p->expires = expires;
         if (key) {
-                p.folded = strdup(key->folded);
-                p.user = strdup(key->user);
-                if (!p.folded || !p.user) {
-                        free(p.folded);
-                        free(p.user);
+                p->folded = strdup(key->folded);
+                p->user = strdup(key->user);
+                if (!p->folded || !p->user) {
+                        free(p->folded);
+                        free(p->user);
                         return -ENOMEM;
                 }
+                struct pending **b = bucket_of(s, p->user, SIZE_MAX);
+
+                p->hnext = *b;
+                *b = p;
+        } else {
+                p->anon_prev = s->anon_last;
+                if (s->anon_last)
+                        s->anon_last->anon_next = p;
+                else
+                        s->anon_first = p;
+                s->anon_last = p;
         }
-        s->pending[s->n_pending++] = p;
+        p->prev = s->pending_last;
+        if (s->pending_last)
+                s->pending_last->next = p;
+        else
+                s->pending_first = p;
+        s->pending_last = p;
+        (*n)++;
+        s->n_pending++;
+        *ret = TAKE_PTR(p);
         return 0;
 }
 
@@ -1064,34 +1150,42 @@ static int pending_add(struct dir_store *s, int64_t node_id, const struct tsf_us
  * will not use it now); else one made for nobody in particular on this
  * node, the oldest first since it would lapse first. */
 static void pending_consume(struct dir_store *s, int64_t node_id, const struct tsf_userkey *user) {
-        size_t anon = SIZE_MAX;
+        size_t len = strlen(user->user);
         bool found = false;
 
         pending_expire(s, tsf_now_realtime());
-        for (size_t i = 0; i < s->n_pending;) {
-                struct pending *p = &s->pending[i];
-                struct tsf_userkey cookie;
+        /* Reservations for this user part, and for cookies a Windows client
+         * cut, whose user part is then a prefix of this one: at most 9
+         * buckets (the cut is 9 bytes). */
+        for (size_t cut = 0; cut <= MIN(len, (size_t)TSF_USERKEY_TRUNCATED_LEN); cut++) {
+                struct pending **q = bucket_of(s, user->user, cut == 0 ? SIZE_MAX : cut);
 
-                if (!p->folded) {
-                        if (p->node_id == node_id &&
-                            (anon == SIZE_MAX || p->expires < s->pending[anon].expires))
-                                anon = i;
-                        i++;
-                        continue;
+                while (*q) {
+                        struct pending *p = *q;
+                        struct tsf_userkey cookie;
+                        bool exact = cut == 0 && strcmp(p->user, user->user) == 0;
+                        bool cut_match = cut > 0 && strlen(p->user) == cut &&
+                                         strncmp(p->user, user->user, cut) == 0 &&
+                                         strlen(p->folded) == TSF_USERKEY_TRUNCATED_LEN;
+
+                        if ((exact || cut_match) &&
+                            tsf_userkey_parse_cookie(p->folded, strlen(p->folded), &cookie) >= 0 &&
+                            tsf_userkey_match(&cookie, user)) {
+                                pending_remove(s, p); /* unlinks it: *q is the next one now */
+                                found = true;
+                                continue;
+                        }
+                        q = &p->hnext;
                 }
-                /* Cheap test first: only a cut cookie matches without an
-                 * equal user part. */
-                if ((strcmp(p->user, user->user) == 0 || strlen(p->folded) == TSF_USERKEY_TRUNCATED_LEN) &&
-                    tsf_userkey_parse_cookie(p->folded, strlen(p->folded), &cookie) >= 0 &&
-                    tsf_userkey_match(&cookie, user)) {
-                        pending_remove(s, i);
-                        found = true;
-                        continue; /* the swapped-in entry is at i now */
-                }
-                i++;
         }
-        if (!found && anon != SIZE_MAX)
-                pending_remove(s, anon);
+        if (found)
+                return;
+        /* Else the oldest made for nobody in particular on this node. */
+        for (struct pending *p = s->anon_first; p; p = p->anon_next)
+                if (p->node_id == node_id) {
+                        pending_remove(s, p);
+                        return;
+                }
 }
 
 /* ---- sessions ------------------------------------------------------------ */
@@ -1428,18 +1522,17 @@ static int place(struct dir_store *s, const struct tsf_userkey *key, int64_t ent
                         if (c[i].id == p->node_id && takes_new_sessions(&c[i].node))
                                 best = i;
                 if (best == SIZE_MAX) {
-                        pending_remove(s, (size_t)(p - s->pending));
+                        pending_remove(s, p);
                         p = NULL;
                 }
         }
 
         if (best == SIZE_MAX) {
-                for (size_t j = 0; j < s->n_pending; j++)
-                        for (size_t i = 0; i < n; i++)
-                                if (c[i].id == s->pending[j].node_id) {
-                                        c[i].load++;
-                                        break;
-                                }
+                for (size_t i = 0; i < n; i++) {
+                        uint64_t *held = pending_node_count(s, c[i].id, false);
+
+                        c[i].load += held ? *held : 0;
+                }
                 /* Fewest sessions relative to weight: the node whose load
                  * after this placement, (load + 1) / weight, is smallest;
                  * compared as cross products to stay in integers. Ties go
@@ -1467,8 +1560,8 @@ static int place(struct dir_store *s, const struct tsf_userkey *key, int64_t ent
                         return 0;
                 }
                 /* A full reservation table only costs balance. */
-                if (pending_add(s, c[best].id, key, now + s->pending_ttl) >= 0)
-                        p = &s->pending[s->n_pending - 1];
+                if (pending_add(s, c[best].id, key, now + s->pending_ttl, &p) < 0)
+                        p = NULL;
         }
 
         memset(ret, 0, sizeof(*ret));
