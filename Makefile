@@ -192,6 +192,7 @@ bench: DEPS_PROFILE := bench
 bench: deps
 	$(Q)$(MAKE) --no-print-directory all $(bench-bins)
 	$(Q)TSFARM_BUILD=$(abspath $(O)) tests/bench/run.sh
+	$(Q)TSFARM_BUILD=$(abspath $(O)) tests/bench/dir.sh
 
 # ---- demo ------------------------------------------------------------------
 

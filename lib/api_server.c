@@ -230,6 +230,12 @@ static void listener_rearm(struct listener *l) {
         }
         if (sd_event_now(l->server->event, CLOCK_MONOTONIC, &now) < 0)
                 now = tsf_now_monotonic();
+        /* Mostly this is an idle connection's deadline, which every request
+         * moves a little. With a coarse accuracy sd-event's wake-up stays
+         * where it was and the timerfd is not reprogrammed per request (it
+         * was 17% of the directory's CPU at 10k queries/s); an idle
+         * connection closed a quarter of a second late costs nothing. */
+        (void)sd_event_source_set_time_accuracy(l->timer, ms >= 1000 ? 250 * USEC_PER_MSEC : USEC_PER_MSEC);
         (void)sd_event_source_set_time(l->timer, now + (uint64_t)ms * USEC_PER_MSEC);
         (void)sd_event_source_set_enabled(l->timer, SD_EVENT_ONESHOT);
 }
@@ -239,6 +245,7 @@ static void listener_rearm(struct listener *l) {
 static void listener_kick(struct listener *l) {
         if (!l->timer)
                 return;
+        (void)sd_event_source_set_time_accuracy(l->timer, USEC_PER_MSEC);
         (void)sd_event_source_set_time(l->timer, 1);
         (void)sd_event_source_set_enabled(l->timer, SD_EVENT_ONESHOT);
 }
