@@ -29,6 +29,7 @@
 #include <openssl/pem.h>
 
 #include "tsfarm/cleanup.h"
+#include "tsfarm/fs.h"
 #include "tsfarm/lictoken.h"
 #include "tsfarm/log.h"
 #include "tsfarm/macro.h"
@@ -615,52 +616,6 @@ int tsf_lic_key_load_public(const char *path, struct tsf_lic_key **ret) {
         return key_load(path, false, ret);
 }
 
-/* Writes data to a temporary file beside `path` with `mode`, then moves it
- * into place: over an old file when `force`, else only if there is none
- * (RENAME_NOREPLACE, so two racing writers cannot replace each other's
- * key). The same dance as lib/pki.c's, which keeps its copy private. */
-static int write_file(const char *path, const void *data, size_t len, mode_t mode, bool force) {
-        char tmp[PATH_MAX];
-        _cleanup_close_ int fd = -1;
-        const char *p = data;
-        int r;
-
-        if (snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path) >= (int)sizeof(tmp))
-                return -ENAMETOOLONG;
-        fd = mkostemp(tmp, O_CLOEXEC);
-        if (fd < 0)
-                return negative_errno();
-        /* Exactly `mode`, whatever the umask says. */
-        if (fchmod(fd, mode) < 0) {
-                r = negative_errno();
-                goto fail;
-        }
-        while (len > 0) {
-                ssize_t n = write(fd, p, len);
-
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        r = negative_errno();
-                        goto fail;
-                }
-                p += n;
-                len -= (size_t)n;
-        }
-        if (fsync(fd) < 0) {
-                r = negative_errno();
-                goto fail;
-        }
-        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, force ? 0 : RENAME_NOREPLACE) < 0) {
-                r = negative_errno();
-                goto fail;
-        }
-        return 0;
-fail:
-        (void)unlink(tmp);
-        return r;
-}
-
 static int write_pem(const char *path, EVP_PKEY *pkey, bool private, bool force) {
         _cleanup_(BIO_freep) BIO *bio = BIO_new(BIO_s_mem());
         char *data;
@@ -677,7 +632,7 @@ static int write_pem(const char *path, EVP_PKEY *pkey, bool private, bool force)
         len = BIO_get_mem_data(bio, &data);
         if (len <= 0)
                 return -EIO;
-        r = write_file(path, data, (size_t)len, private ? 0600 : 0644, force);
+        r = tsf_write_file_atomic(path, data, (size_t)len, private ? 0600 : 0644, force);
         if (private)
                 OPENSSL_cleanse(data, (size_t)len);
         return r;

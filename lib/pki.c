@@ -13,13 +13,11 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -31,6 +29,7 @@
 #include <openssl/x509v3.h>
 
 #include "tsfarm/cleanup.h"
+#include "tsfarm/fs.h"
 #include "tsfarm/log.h"
 #include "tsfarm/macro.h"
 #include "tsfarm/pki.h"
@@ -122,51 +121,6 @@ static int path_join(char *buf, size_t size, const char *dir, const char *name, 
         return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
-/* Writes data to a temporary file beside `path` with `mode`, then moves it
- * into place: atomically over an old file when `force`, else only if no
- * file is there (RENAME_NOREPLACE). A reader never sees half a key. */
-static int write_file(const char *path, const void *data, size_t len, mode_t mode, bool force) {
-        char tmp[PATH_MAX];
-        _cleanup_close_ int fd = -1;
-        const char *p = data;
-        int r;
-
-        if (snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path) >= (int)sizeof(tmp))
-                return -ENAMETOOLONG;
-        fd = mkostemp(tmp, O_CLOEXEC);
-        if (fd < 0)
-                return negative_errno();
-        /* mkostemp makes 0600; certificates are for everyone to read. */
-        if (fchmod(fd, mode) < 0) {
-                r = negative_errno();
-                goto fail;
-        }
-        while (len > 0) {
-                ssize_t n = write(fd, p, len);
-
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        r = negative_errno();
-                        goto fail;
-                }
-                p += n;
-                len -= (size_t)n;
-        }
-        if (fsync(fd) < 0) {
-                r = negative_errno();
-                goto fail;
-        }
-        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, force ? 0 : RENAME_NOREPLACE) < 0) {
-                r = negative_errno();
-                goto fail;
-        }
-        return 0;
-fail:
-        (void)unlink(tmp);
-        return r;
-}
-
 /* PEM of a key or certificate into a file; the key's PEM is wiped from
  * memory afterwards. */
 static int write_pem(const char *path, EVP_PKEY *key, X509 *crt, bool force) {
@@ -183,7 +137,7 @@ static int write_pem(const char *path, EVP_PKEY *key, X509 *crt, bool force) {
         len = BIO_get_mem_data(bio, &data);
         if (len <= 0)
                 return -EIO;
-        r = write_file(path, data, (size_t)len, key ? 0600 : 0644, force);
+        r = tsf_write_file_atomic(path, data, (size_t)len, key ? 0600 : 0644, force);
         if (key)
                 OPENSSL_cleanse(data, (size_t)len);
         return r;

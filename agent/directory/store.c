@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,16 +27,13 @@
 #include "tsfarm/cleanup.h"
 #include "tsfarm/log.h"
 #include "tsfarm/macro.h"
-
-DEFINE_TRIVIAL_CLEANUP_FUNC(sqlite3 *, sqlite3_close);
-DEFINE_TRIVIAL_CLEANUP_FUNC(sqlite3_stmt *, sqlite3_finalize);
+#include "tsfarm/sqlite.h"
 
 /* 'tsfd': marks the file as a directory store, so we refuse to migrate
  * some other program's SQLite database into ours. */
 #define DIR_APPLICATION_ID 0x74736664
-#define BUSY_TIMEOUT_MS 5000
 /* 64 MiB page cache: the user-key index of a million sessions stays hot. */
-#define CACHE_SIZE_KIB "65536"
+#define CACHE_SIZE_KIB 65536
 /* Candidates one lookup considers; more means ambiguous anyway. */
 #define LOOKUP_LIMIT 64
 #define IDENTITIES_MAX 8
@@ -151,14 +147,8 @@ static const char *const migrations[] = {
         "INSERT INTO tombstones (revision, session_id, node, node_session, user, user_key) " \
         "SELECT next_revision(), s.id, n.name, s.node_session, s.user, s.user_key" SESSION_FROM
 
+/* The statements lib/sqlite.c caches for us; it has the transactions'. */
 enum stmt {
-        ST_BEGIN,
-        ST_BEGIN_READ,
-        ST_COMMIT,
-        ST_ROLLBACK,
-        ST_SAVEPOINT,
-        ST_RELEASE,
-        ST_ROLLBACK_TO,
         ST_META_GET,
         ST_META_SET_REVISION,
         ST_META_SET_HORIZON,
@@ -191,15 +181,6 @@ enum stmt {
 };
 
 static const char *const stmt_sql[_ST_MAX] = {
-        /* IMMEDIATE: take the write lock first, so two writers queue on the
-         * busy timeout instead of one failing at its first write. */
-        [ST_BEGIN] = "BEGIN IMMEDIATE",
-        [ST_BEGIN_READ] = "BEGIN",
-        [ST_COMMIT] = "COMMIT",
-        [ST_ROLLBACK] = "ROLLBACK",
-        [ST_SAVEPOINT] = "SAVEPOINT op",
-        [ST_RELEASE] = "RELEASE op",
-        [ST_ROLLBACK_TO] = "ROLLBACK TO op",
         [ST_META_GET] = "SELECT revision, horizon FROM meta WHERE id = 1",
         [ST_META_SET_REVISION] = "UPDATE meta SET revision = ?1 WHERE id = 1",
         [ST_META_SET_HORIZON] = "UPDATE meta SET horizon = ?1 WHERE id = 1",
@@ -275,14 +256,11 @@ struct pending_node {
 };
 
 struct dir_store {
-        sqlite3 *db;
-        sqlite3_stmt *stmts[_ST_MAX];
+        struct tsf_sqlite sql;
 
         uint64_t revision;       /* the newest handed out, in this transaction too */
         uint64_t tx_revision;    /* at the start of the current operation */
         uint64_t batch_revision; /* at the start of the batch */
-        bool in_tx;
-        bool batch;
 
         usec_t pending_ttl;
         struct pending *pending_first, *pending_last;
@@ -295,127 +273,6 @@ struct dir_store {
 
 /* ---- SQLite plumbing ----------------------------------------------------- */
 
-static int sql_errno(sqlite3 *db, int rc) {
-        int e;
-
-        switch (rc & 0xff) {
-        case SQLITE_OK:
-        case SQLITE_ROW:
-        case SQLITE_DONE:
-                return 0;
-        case SQLITE_BUSY:
-        case SQLITE_LOCKED:
-                return -EBUSY;
-        case SQLITE_NOMEM:
-                return -ENOMEM;
-        case SQLITE_READONLY:
-                return -EROFS;
-        case SQLITE_FULL:
-                return -ENOSPC;
-        case SQLITE_CONSTRAINT:
-                return (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY) ? -EEXIST
-                                                                                              : -EINVAL;
-        case SQLITE_NOTADB:
-                return -EMEDIUMTYPE;
-        case SQLITE_CORRUPT:
-                return -EBADMSG;
-        case SQLITE_TOOBIG:
-                return -E2BIG;
-        case SQLITE_PERM:
-        case SQLITE_AUTH:
-                return -EPERM;
-        case SQLITE_INTERRUPT:
-                return -EINTR;
-        case SQLITE_IOERR:
-        case SQLITE_CANTOPEN:
-                /* The system call's own errno says more (ENOENT, EACCES). */
-                e = db ? sqlite3_system_errno(db) : 0;
-                return e > 0 ? -e : ((rc & 0xff) == SQLITE_CANTOPEN ? -EACCES : -EIO);
-        default:
-                return -EIO;
-        }
-}
-
-static int stmt_get(struct dir_store *s, enum stmt id, sqlite3_stmt **ret) {
-        if (!s->stmts[id]) {
-                int rc = sqlite3_prepare_v3(s->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
-                                            &s->stmts[id], NULL);
-                if (rc != SQLITE_OK)
-                        return log_debug_errno(sql_errno(s->db, rc), "Failed to prepare statement %d: %s",
-                                               (int)id, sqlite3_errmsg(s->db));
-        }
-        *ret = s->stmts[id];
-        return 0;
-}
-
-/* Cached statements are reset, not finalized, when their user is done. */
-static void stmt_donep(sqlite3_stmt **st) {
-        if (*st) {
-                sqlite3_reset(*st);
-                sqlite3_clear_bindings(*st);
-        }
-}
-#define _cleanup_stmt_ _cleanup_(stmt_donep)
-
-/* Binds parameters 1.. in order: 't' text (NULL binds NULL), 'i' int64. */
-static int bind_va(sqlite3_stmt *st, const char *fmt, va_list ap) {
-        int rc = SQLITE_OK, i = 0;
-
-        for (const char *f = fmt; *f && rc == SQLITE_OK; f++) {
-                i++;
-                if (*f == 't') {
-                        const char *v = va_arg(ap, const char *);
-                        rc = v ? sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
-                } else {
-                        rc = sqlite3_bind_int64(st, i, va_arg(ap, int64_t));
-                }
-        }
-        return rc == SQLITE_OK ? 0 : sql_errno(sqlite3_db_handle(st), rc);
-}
-
-static int bind_all(sqlite3_stmt *st, const char *fmt, ...) {
-        va_list ap;
-        int r;
-
-        va_start(ap, fmt);
-        r = bind_va(st, fmt, ap);
-        va_end(ap);
-        return r;
-}
-
-/* 1 for a row, 0 when done, negative errno on failure. */
-static int step(sqlite3_stmt *st) {
-        int rc = sqlite3_step(st);
-
-        if (rc == SQLITE_ROW)
-                return 1;
-        if (rc == SQLITE_DONE)
-                return 0;
-        return log_debug_errno(sql_errno(sqlite3_db_handle(st), rc), "SQLite: %s (%s)",
-                               sqlite3_errmsg(sqlite3_db_handle(st)), sqlite3_sql(st));
-}
-
-static int exec_stmt(struct dir_store *s, enum stmt id) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int r;
-
-        r = stmt_get(s, id, &st);
-        if (r < 0)
-                return r;
-        r = step(st);
-        return r < 0 ? r : 0;
-}
-
-static void copy_text(sqlite3_stmt *st, int col, char *buf, size_t size) {
-        const unsigned char *t = sqlite3_column_text(st, col);
-        size_t n = t ? (size_t)sqlite3_column_bytes(st, col) : 0;
-
-        n = MIN(n, size - 1);
-        if (n > 0)
-                memcpy(buf, t, n);
-        buf[n] = '\0';
-}
-
 /* The SQL function next_revision(): one fresh revision per call. */
 static void sql_next_revision(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
         struct dir_store *s = sqlite3_user_data(ctx);
@@ -425,31 +282,23 @@ static void sql_next_revision(sqlite3_context *ctx, int argc, sqlite3_value **ar
 
 /* ---- transactions -------------------------------------------------------- */
 
-/* Every write operation is one transaction, or inside a batch one
- * savepoint, so that a failing operation leaves nothing behind. */
+/* lib/sqlite.c's operations and batches, with the revision counter kept in
+ * step: what a rollback undoes hands its revisions out again. */
 static int tx_begin(struct dir_store *s) {
         int r;
 
-        if (s->in_tx)
-                return -EBUSY; /* operations do not nest */
-        r = exec_stmt(s, s->batch ? ST_SAVEPOINT : ST_BEGIN);
+        r = tsf_sqlite_tx_begin(&s->sql);
         if (r < 0)
                 return r;
-        s->in_tx = true;
         s->tx_revision = s->revision;
         return 0;
 }
 
 static void tx_abort(struct dir_store *s) {
-        if (!s->in_tx)
+        if (!s->sql.in_tx)
                 return;
-        if (s->batch) {
-                (void)exec_stmt(s, ST_ROLLBACK_TO);
-                (void)exec_stmt(s, ST_RELEASE);
-        } else
-                (void)exec_stmt(s, ST_ROLLBACK);
+        tsf_sqlite_tx_abort(&s->sql);
         s->revision = s->tx_revision;
-        s->in_tx = false;
 }
 
 static void tx_abortp(struct dir_store **s) {
@@ -461,13 +310,13 @@ static int meta_write_revision(struct dir_store *s) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int r;
 
-        r = stmt_get(s, ST_META_SET_REVISION, &st);
+        r = tsf_sqlite_stmt(&s->sql, ST_META_SET_REVISION, &st);
         if (r < 0)
                 return r;
-        r = bind_all(st, "i", (int64_t)s->revision);
+        r = tsf_sqlite_bind(st, "i", (int64_t)s->revision);
         if (r < 0)
                 return r;
-        r = step(st);
+        r = tsf_sqlite_step(st);
         return r < 0 ? r : 0;
 }
 
@@ -475,49 +324,27 @@ static int tx_commit(struct dir_store *s) {
         int r = 0;
 
         /* A batch writes the counter once, when it commits. */
-        if (!s->batch && s->revision != s->tx_revision)
+        if (!s->sql.batch && s->revision != s->tx_revision)
                 r = meta_write_revision(s);
-        if (r >= 0)
-                r = exec_stmt(s, s->batch ? ST_RELEASE : ST_COMMIT);
         if (r < 0) {
                 tx_abort(s);
                 return r;
         }
-        s->in_tx = false;
-        return 0;
-}
-
-/* Reads that span several statements see one snapshot. Inside a batch or
- * an operation they already do. */
-static int read_begin(struct dir_store *s, bool *began) {
-        int r;
-
-        *began = false;
-        if (s->batch || s->in_tx)
-                return 0;
-        r = exec_stmt(s, ST_BEGIN_READ);
+        r = tsf_sqlite_tx_commit(&s->sql);
         if (r < 0)
-                return r;
-        *began = true;
-        return 0;
-}
-
-/* Callers reset their statements first: a read transaction ends cleanly
- * only without statements still stepping. */
-static void read_end(struct dir_store *s, bool began) {
-        if (began && exec_stmt(s, ST_COMMIT) < 0)
-                (void)exec_stmt(s, ST_ROLLBACK);
+                /* Rolled back by lib/sqlite.c: so are the revisions. */
+                s->revision = s->tx_revision;
+        return r;
 }
 
 int dir_store_batch_begin(struct dir_store *s) {
         int r;
 
-        if (!s || s->batch || s->in_tx)
+        if (!s)
                 return -EINVAL;
-        r = exec_stmt(s, ST_BEGIN);
+        r = tsf_sqlite_batch_begin(&s->sql);
         if (r < 0)
                 return r;
-        s->batch = true;
         s->batch_revision = s->revision;
         return 0;
 }
@@ -525,170 +352,52 @@ int dir_store_batch_begin(struct dir_store *s) {
 int dir_store_batch_commit(struct dir_store *s) {
         int r;
 
-        if (!s || !s->batch)
+        if (!s || !s->sql.batch)
                 return -EINVAL;
         r = s->revision != s->batch_revision ? meta_write_revision(s) : 0;
-        if (r >= 0)
-                r = exec_stmt(s, ST_COMMIT);
         if (r < 0) {
                 (void)dir_store_batch_abort(s);
                 return r;
         }
-        s->batch = false;
-        return 0;
+        r = tsf_sqlite_batch_commit(&s->sql);
+        if (r < 0)
+                /* Rolled back by lib/sqlite.c: so are the revisions. */
+                s->revision = s->batch_revision;
+        return r;
 }
 
 int dir_store_batch_abort(struct dir_store *s) {
-        if (!s || !s->batch)
+        if (!s || !s->sql.batch)
                 return -EINVAL;
-        (void)exec_stmt(s, ST_ROLLBACK);
+        (void)tsf_sqlite_batch_abort(&s->sql);
         s->revision = s->batch_revision;
-        s->batch = false;
         return 0;
 }
 
 /* ---- open, migrate, close ------------------------------------------------ */
 
-static int pragma_get(sqlite3 *db, const char *sql, int64_t *ret) {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return log_debug_errno(sql_errno(db, rc), "%s: %s", sql, sqlite3_errmsg(db));
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW)
-                return log_debug_errno(rc == SQLITE_DONE ? -EIO : sql_errno(db, rc), "%s: %s", sql,
-                                       sqlite3_errmsg(db));
-        *ret = sqlite3_column_int64(st, 0);
-        return 0;
-}
-
-static int exec_sql(sqlite3 *db, const char *sql) {
-        int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
-
-        if (rc != SQLITE_OK)
-                return log_debug_errno(sql_errno(db, rc), "SQLite: %s (%.60s...)", sqlite3_errmsg(db), sql);
-        return 0;
-}
-
 int dir_store_schema_version(void) {
         return (int)ELEMENTSOF(migrations);
 }
 
-/* Refuses databases that are not ours or are newer than this code. */
-static int check_version(sqlite3 *db, int64_t *ret_version) {
-        int64_t version, app_id, objects;
-        int r;
-
-        r = pragma_get(db, "PRAGMA user_version", &version);
-        if (r < 0)
-                return r;
-        r = pragma_get(db, "PRAGMA application_id", &app_id);
-        if (r < 0)
-                return r;
-        if (version > dir_store_schema_version())
-                return log_debug_errno(-EPROTONOSUPPORT,
-                                       "Directory database has schema version %" PRIi64
-                                       ", this code knows up to %d; refusing to open it.",
-                                       version, dir_store_schema_version());
-        if (version > 0 && app_id != DIR_APPLICATION_ID)
-                return log_debug_errno(-EMEDIUMTYPE, "Database is not a tsfarm directory store.");
-        if (version == 0) {
-                r = pragma_get(db, "SELECT count(*) FROM sqlite_schema", &objects);
-                if (r < 0)
-                        return r;
-                if (objects > 0)
-                        return log_debug_errno(-EMEDIUMTYPE, "Database has tables but no schema version.");
-        }
-        *ret_version = version;
-        return 0;
-}
-
-static int migrate(sqlite3 *db) {
-        int64_t version;
-        int r;
-
-        r = exec_sql(db, "BEGIN IMMEDIATE");
-        if (r < 0)
-                return r;
-        /* Again under the write lock: another process may have migrated. */
-        r = check_version(db, &version);
-        for (int64_t v = version; r >= 0 && v < dir_store_schema_version(); v++) {
-                log_debug("Migrating directory schema from version %" PRIi64 " to %" PRIi64 ".", v, v + 1);
-                r = exec_sql(db, migrations[v]);
-        }
-        if (r >= 0 && version < dir_store_schema_version()) {
-                char sql[96];
-
-                snprintf(sql, sizeof(sql), "PRAGMA user_version = %d; PRAGMA application_id = %d",
-                         dir_store_schema_version(), DIR_APPLICATION_ID);
-                r = exec_sql(db, sql);
-        }
-        if (r >= 0)
-                r = exec_sql(db, "COMMIT");
-        if (r < 0)
-                (void)sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        return r;
-}
-
-static int open_db(const char *path, sqlite3 **ret) {
-        _cleanup_(sqlite3_closep) sqlite3 *db = NULL;
-        char *mode = NULL;
-        int64_t version, fk;
-        int rc, r;
-
-        rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
-        if (rc != SQLITE_OK)
-                return log_debug_errno(sql_errno(db, rc), "Failed to open %s: %s", path,
-                                       db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-        sqlite3_extended_result_codes(db, 1);
-        sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
-
-        /* Before anything writes to the file (WAL mode is persistent). */
-        r = check_version(db, &version);
-        if (r < 0)
-                return r;
-
-        /*
-         * WAL: readers (logon queries) never wait for the writer. FULL: a
-         * commit returns only after the WAL is on disk, so an event we
-         * acknowledged survives a power cut, not just a crash; NORMAL could
-         * lose the last commits, and a lost logon is a user sent to a fresh
-         * session. Writes are events, not queries, so the fsync is cheap
-         * at their rate; batches share one.
-         */
-        rc = sqlite3_exec(db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL);
-        if (rc != SQLITE_OK)
-                return log_debug_errno(sql_errno(db, rc), "Failed to enable WAL: %s", sqlite3_errmsg(db));
-        {
-                _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-
-                rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL);
-                if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-                        mode = (char *)sqlite3_column_text(st, 0);
-                if (!mode || strcmp(mode, "wal") != 0)
-                        return log_debug_errno(-EOPNOTSUPP, "%s: WAL mode not available.", path);
-        }
-        /* temp_store: the savepoint journals of batched operations stay in
-         * memory instead of costing a write per changed page. */
-        r = exec_sql(db, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; "
-                         "PRAGMA cache_size = -" CACHE_SIZE_KIB);
-        if (r < 0)
-                return r;
-        r = pragma_get(db, "PRAGMA foreign_keys", &fk);
-        if (r < 0)
-                return r;
-        if (fk != 1)
-                return log_debug_errno(-EOPNOTSUPP, "SQLite built without foreign keys.");
-
-        r = migrate(db);
-        if (r < 0)
-                return r;
-        *ret = TAKE_PTR(db);
-        return 0;
-}
+/*
+ * lib/sqlite.c opens the file in WAL mode with synchronous = FULL. WAL:
+ * readers (logon queries) never wait for the writer. FULL: a commit
+ * returns only after the WAL is on disk, so an event we acknowledged
+ * survives a power cut, not just a crash; NORMAL could lose the last
+ * commits, and a lost logon is a user sent to a fresh session. Writes are
+ * events, not queries, so the fsync is cheap at their rate; batches share
+ * one.
+ */
+static const struct tsf_sqlite_spec spec = {
+        .what = "directory",
+        .application_id = DIR_APPLICATION_ID,
+        .migrations = migrations,
+        .n_migrations = ELEMENTSOF(migrations),
+        .stmt_sql = stmt_sql,
+        .n_stmts = _ST_MAX,
+        .cache_size_kib = CACHE_SIZE_KIB,
+};
 
 int dir_store_open(const char *path, struct dir_store **ret) {
         _cleanup_(dir_store_closep) struct dir_store *s = NULL;
@@ -703,21 +412,21 @@ int dir_store_open(const char *path, struct dir_store **ret) {
                 return -ENOMEM;
         s->pending_ttl = DIR_PENDING_TTL_DEFAULT;
 
-        r = open_db(path, &s->db);
+        r = tsf_sqlite_open(&s->sql, path, &spec);
         if (r < 0)
                 return r;
         /* DIRECTONLY: only our statements, not a schema's triggers or views,
          * may hand out revisions. */
-        rc = sqlite3_create_function(s->db, "next_revision", 0, SQLITE_UTF8 | SQLITE_DIRECTONLY, s,
+        rc = sqlite3_create_function(s->sql.db, "next_revision", 0, SQLITE_UTF8 | SQLITE_DIRECTONLY, s,
                                      sql_next_revision, NULL, NULL);
         if (rc != SQLITE_OK)
-                return log_debug_errno(sql_errno(s->db, rc), "Failed to register next_revision(): %s",
-                                       sqlite3_errmsg(s->db));
+                return log_debug_errno(tsf_sqlite_errno(s->sql.db, rc),
+                                       "Failed to register next_revision(): %s", sqlite3_errmsg(s->sql.db));
 
-        r = stmt_get(s, ST_META_GET, &st);
+        r = tsf_sqlite_stmt(&s->sql, ST_META_GET, &st);
         if (r < 0)
                 return r;
-        r = step(st);
+        r = tsf_sqlite_step(st);
         if (r <= 0)
                 return r < 0 ? r : -EBADMSG;
         s->revision = (uint64_t)sqlite3_column_int64(st, 0);
@@ -739,13 +448,7 @@ static void pending_clear(struct dir_store *s) {
 struct dir_store *dir_store_close(struct dir_store *s) {
         if (!s)
                 return NULL;
-        if (s->batch)
-                (void)dir_store_batch_abort(s);
-        for (size_t i = 0; i < _ST_MAX; i++)
-                sqlite3_finalize(s->stmts[i]);
-        /* Closing the last connection checkpoints the WAL into the
-         * database and removes it; nothing is lost if it cannot. */
-        sqlite3_close(s->db);
+        tsf_sqlite_close(&s->sql);
         pending_clear(s);
         free(s);
         return NULL;
@@ -807,13 +510,13 @@ static void row_to_node(sqlite3_stmt *st, int64_t *ret_id, struct dir_node *n) {
         memset(n, 0, sizeof(*n));
         if (ret_id)
                 *ret_id = sqlite3_column_int64(st, 0);
-        copy_text(st, 1, n->name, sizeof(n->name));
-        copy_text(st, 2, n->addresses, sizeof(n->addresses));
+        tsf_sqlite_copy_text(st, 1, n->name, sizeof(n->name));
+        tsf_sqlite_copy_text(st, 2, n->addresses, sizeof(n->addresses));
         n->rdp_port = (uint16_t)sqlite3_column_int(st, 3);
         n->weight = (uint32_t)sqlite3_column_int64(st, 4);
         n->session_limit = (uint32_t)sqlite3_column_int64(st, 5);
         n->drain = (enum dir_drain)sqlite3_column_int(st, 6);
-        copy_text(st, 7, n->boot_id, sizeof(n->boot_id));
+        tsf_sqlite_copy_text(st, 7, n->boot_id, sizeof(n->boot_id));
         n->up = sqlite3_column_int(st, 8) != 0;
         n->last_heartbeat = (usec_t)sqlite3_column_int64(st, 9);
         n->sessions = (uint32_t)sqlite3_column_int64(st, 10);
@@ -823,14 +526,14 @@ static void row_to_node(sqlite3_stmt *st, int64_t *ret_id, struct dir_node *n) {
 static void row_to_session(sqlite3_stmt *st, struct dir_session *x) {
         memset(x, 0, sizeof(*x));
         x->id = (uint64_t)sqlite3_column_int64(st, 0);
-        copy_text(st, 1, x->node, sizeof(x->node));
+        tsf_sqlite_copy_text(st, 1, x->node, sizeof(x->node));
         x->node_session = (uint32_t)sqlite3_column_int64(st, 2);
-        copy_text(st, 3, x->user, sizeof(x->user));
-        copy_text(st, 4, x->user_key, sizeof(x->user_key));
-        copy_text(st, 5, x->domain, sizeof(x->domain));
+        tsf_sqlite_copy_text(st, 3, x->user, sizeof(x->user));
+        tsf_sqlite_copy_text(st, 4, x->user_key, sizeof(x->user_key));
+        tsf_sqlite_copy_text(st, 5, x->domain, sizeof(x->domain));
         x->state = (enum dir_session_state)sqlite3_column_int(st, 6);
-        copy_text(st, 7, x->device, sizeof(x->device));
-        copy_text(st, 8, x->client_addr, sizeof(x->client_addr));
+        tsf_sqlite_copy_text(st, 7, x->device, sizeof(x->device));
+        tsf_sqlite_copy_text(st, 8, x->client_addr, sizeof(x->client_addr));
         x->logon_time = (usec_t)sqlite3_column_int64(st, 9);
         x->state_time = (usec_t)sqlite3_column_int64(st, 10);
         x->revision = (uint64_t)sqlite3_column_int64(st, 11);
@@ -842,13 +545,13 @@ static int node_lookup(struct dir_store *s, const char *name, int64_t *ret_id, s
         struct dir_node dummy;
         int r;
 
-        r = stmt_get(s, ST_NODE_BY_NAME, &st);
+        r = tsf_sqlite_stmt(&s->sql, ST_NODE_BY_NAME, &st);
         if (r < 0)
                 return r;
-        r = bind_all(st, "t", name);
+        r = tsf_sqlite_bind(st, "t", name);
         if (r < 0)
                 return r;
-        r = step(st);
+        r = tsf_sqlite_step(st);
         if (r <= 0)
                 return r < 0 ? r : -ENOENT;
         row_to_node(st, ret_id, ret ?: &dummy);
@@ -860,38 +563,17 @@ static int session_lookup(struct dir_store *s, int64_t node_id, uint32_t node_se
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int r;
 
-        r = stmt_get(s, ST_SESSION_BY_NODE, &st);
+        r = tsf_sqlite_stmt(&s->sql, ST_SESSION_BY_NODE, &st);
         if (r < 0)
                 return r;
-        r = bind_all(st, "ii", node_id, (int64_t)node_session);
+        r = tsf_sqlite_bind(st, "ii", node_id, (int64_t)node_session);
         if (r < 0)
                 return r;
-        r = step(st);
+        r = tsf_sqlite_step(st);
         if (r <= 0)
                 return r < 0 ? r : -ENOENT;
         row_to_session(st, ret);
         return 0;
-}
-
-/* Runs a cached write statement with "i"/"t" parameters; returns the number
- * of rows it changed. */
-static int run(struct dir_store *s, enum stmt id, const char *fmt, ...) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        va_list ap;
-        int r;
-
-        r = stmt_get(s, id, &st);
-        if (r < 0)
-                return r;
-        va_start(ap, fmt);
-        r = bind_va(st, fmt, ap);
-        va_end(ap);
-        if (r < 0)
-                return r;
-        r = step(st);
-        if (r < 0)
-                return r;
-        return sqlite3_changes(s->db);
 }
 
 /* ---- nodes --------------------------------------------------------------- */
@@ -916,9 +598,9 @@ int dir_node_register(struct dir_store *s, const struct dir_node_info *info) {
 
         r = node_lookup(s, info->name, &id, &old);
         if (r == -ENOENT) {
-                r = run(s, ST_NODE_INSERT, "ttiiiti", info->name, info->addresses ?: "",
-                        (int64_t)info->rdp_port, (int64_t)info->weight, (int64_t)info->session_limit,
-                        info->boot_id, (int64_t)now);
+                r = tsf_sqlite_run(&s->sql, ST_NODE_INSERT, "ttiiiti", info->name, info->addresses ?: "",
+                                   (int64_t)info->rdp_port, (int64_t)info->weight,
+                                   (int64_t)info->session_limit, info->boot_id, (int64_t)now);
                 if (r < 0)
                         return r;
                 log_debug("Directory: node %s registered.", info->name);
@@ -932,17 +614,17 @@ int dir_node_register(struct dir_store *s, const struct dir_node_info *info) {
                  * boot, and "drain until restart" has run its course. */
                 if (old.drain == DIR_DRAIN_UNTIL_RESTART)
                         old.drain = DIR_DRAIN_ENABLED;
-                r = run(s, ST_NODE_TOMBSTONE_SESSIONS, "i", id);
+                r = tsf_sqlite_run(&s->sql, ST_NODE_TOMBSTONE_SESSIONS, "i", id);
                 if (r < 0)
                         return r;
-                r = run(s, ST_NODE_DELETE_SESSIONS, "i", id);
+                r = tsf_sqlite_run(&s->sql, ST_NODE_DELETE_SESSIONS, "i", id);
                 if (r < 0)
                         return r;
                 log_debug("Directory: node %s rebooted, %d sessions dropped.", info->name, r);
         }
-        r = run(s, ST_NODE_REREGISTER, "itiiiiti", id, info->addresses ?: "", (int64_t)info->rdp_port,
-                (int64_t)info->weight, (int64_t)info->session_limit, (int64_t)old.drain, info->boot_id,
-                (int64_t)now);
+        r = tsf_sqlite_run(&s->sql, ST_NODE_REREGISTER, "itiiiiti", id, info->addresses ?: "",
+                           (int64_t)info->rdp_port, (int64_t)info->weight, (int64_t)info->session_limit,
+                           (int64_t)old.drain, info->boot_id, (int64_t)now);
         if (r < 0)
                 return r;
         return tx_commit(TAKE_PTR(tx));
@@ -967,7 +649,7 @@ int dir_node_heartbeat(struct dir_store *s, const char *name) {
          * registration (followed by its report) brings them back. */
         if (!n.up)
                 return -EHOSTDOWN;
-        r = run(s, ST_NODE_HEARTBEAT, "ii", id, (int64_t)tsf_now_realtime());
+        r = tsf_sqlite_run(&s->sql, ST_NODE_HEARTBEAT, "ii", id, (int64_t)tsf_now_realtime());
         if (r < 0)
                 return r;
         return tx_commit(TAKE_PTR(tx));
@@ -984,10 +666,10 @@ int dir_nodes_expire(struct dir_store *s, usec_t now, usec_t lapse) {
         if (r < 0)
                 return r;
         tx = s;
-        lost = run(s, ST_NODES_EXPIRE_SESSIONS, "ii", (int64_t)now, (int64_t)cutoff);
+        lost = tsf_sqlite_run(&s->sql, ST_NODES_EXPIRE_SESSIONS, "ii", (int64_t)now, (int64_t)cutoff);
         if (lost < 0)
                 return lost;
-        down = run(s, ST_NODES_EXPIRE, "i", (int64_t)cutoff);
+        down = tsf_sqlite_run(&s->sql, ST_NODES_EXPIRE, "i", (int64_t)cutoff);
         if (down < 0)
                 return down;
         r = tx_commit(TAKE_PTR(tx));
@@ -1015,7 +697,7 @@ int dir_node_set_drain(struct dir_store *s, const char *name, enum dir_drain dra
                 return r;
         if (n.drain == drain)
                 return tx_commit(TAKE_PTR(tx)); /* no change, no revision */
-        r = run(s, ST_NODE_SET_DRAIN, "ii", id, (int64_t)drain);
+        r = tsf_sqlite_run(&s->sql, ST_NODE_SET_DRAIN, "ii", id, (int64_t)drain);
         if (r < 0)
                 return r;
         return tx_commit(TAKE_PTR(tx));
@@ -1210,7 +892,7 @@ static int insert_prefixes(struct dir_store *s, int64_t session_id, const struct
                 if (strlen(forms[i]) < TSF_USERKEY_TRUNCATED_LEN)
                         continue;
                 forms[i][TSF_USERKEY_TRUNCATED_LEN] = '\0';
-                r = run(s, ST_PREFIX_INSERT, "ti", forms[i], session_id);
+                r = tsf_sqlite_run(&s->sql, ST_PREFIX_INSERT, "ti", forms[i], session_id);
                 if (r < 0)
                         return r;
         }
@@ -1284,11 +966,12 @@ int dir_session_event(struct dir_store *s, const char *node, const struct dir_ev
         if (ev->event == DIR_EVENT_LOGON) {
                 if (exists)
                         return FAIL(-EINVAL, "session already exists");
-                r = run(s, ST_SESSION_INSERT, "iittttti", node_id, (int64_t)ev->node_session, ev->user,
-                        key.user, key.domain, ev->device ?: "", ev->client_addr ?: "", (int64_t)now);
+                r = tsf_sqlite_run(&s->sql, ST_SESSION_INSERT, "iittttti", node_id,
+                                   (int64_t)ev->node_session, ev->user, key.user, key.domain,
+                                   ev->device ?: "", ev->client_addr ?: "", (int64_t)now);
                 if (r < 0)
                         return r;
-                r = insert_prefixes(s, sqlite3_last_insert_rowid(s->db), &key);
+                r = insert_prefixes(s, sqlite3_last_insert_rowid(s->sql.db), &key);
                 if (r < 0)
                         return r;
                 r = tx_commit(TAKE_PTR(tx));
@@ -1307,19 +990,20 @@ int dir_session_event(struct dir_store *s, const char *node, const struct dir_ev
         case DIR_EVENT_DISCONNECT:
                 if (cur.state == DIR_SESSION_DISCONNECTED)
                         return FAIL(-EINVAL, "session already disconnected");
-                r = run(s, ST_SESSION_SET_STATE, "iiitt", (int64_t)cur.id, (int64_t)DIR_SESSION_DISCONNECTED,
-                        (int64_t)now, ev->device, ev->client_addr);
+                r = tsf_sqlite_run(&s->sql, ST_SESSION_SET_STATE, "iiitt", (int64_t)cur.id,
+                                   (int64_t)DIR_SESSION_DISCONNECTED, (int64_t)now, ev->device,
+                                   ev->client_addr);
                 break;
         case DIR_EVENT_RECONNECT:
                 if (cur.state == DIR_SESSION_ACTIVE)
                         return FAIL(-EINVAL, "session already active");
-                r = run(s, ST_SESSION_SET_STATE, "iiitt", (int64_t)cur.id, (int64_t)DIR_SESSION_ACTIVE,
-                        (int64_t)now, ev->device, ev->client_addr);
+                r = tsf_sqlite_run(&s->sql, ST_SESSION_SET_STATE, "iiitt", (int64_t)cur.id,
+                                   (int64_t)DIR_SESSION_ACTIVE, (int64_t)now, ev->device, ev->client_addr);
                 break;
         case DIR_EVENT_LOGOFF:
-                r = run(s, ST_SESSION_TOMBSTONE, "i", (int64_t)cur.id);
+                r = tsf_sqlite_run(&s->sql, ST_SESSION_TOMBSTONE, "i", (int64_t)cur.id);
                 if (r >= 0)
-                        r = run(s, ST_SESSION_DELETE, "i", (int64_t)cur.id);
+                        r = tsf_sqlite_run(&s->sql, ST_SESSION_DELETE, "i", (int64_t)cur.id);
                 break;
         default:
                 r = -EINVAL; /* checked above */
@@ -1336,13 +1020,13 @@ int dir_session_get(struct dir_store *s, const char *node, uint32_t node_session
 
         if (!s || !node || !ret)
                 return -EINVAL;
-        r = read_begin(s, &began);
+        r = tsf_sqlite_read_begin(&s->sql, &began);
         if (r < 0)
                 return r;
         r = node_lookup(s, node, &node_id, NULL);
         if (r >= 0)
                 r = session_lookup(s, node_id, node_session, ret);
-        read_end(s, began);
+        tsf_sqlite_read_end(&s->sql, began);
         return r;
 }
 
@@ -1389,16 +1073,16 @@ static int lookup_run(struct dir_store *s, struct lookup *l, enum stmt id, const
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc, r;
 
-        r = stmt_get(s, id, &st);
+        r = tsf_sqlite_stmt(&s->sql, id, &st);
         if (r < 0)
                 return r;
         rc = sqlite3_bind_text(st, 1, value, (int)len, SQLITE_STATIC);
         if (rc == SQLITE_OK)
                 rc = sqlite3_bind_int(st, 2, LOOKUP_LIMIT);
         if (rc != SQLITE_OK)
-                return sql_errno(s->db, rc);
+                return tsf_sqlite_errno(s->sql.db, rc);
 
-        while ((r = step(st)) > 0) {
+        while ((r = tsf_sqlite_step(st)) > 0) {
                 int64_t sid = sqlite3_column_int64(st, 0);
                 const char *user = (const char *)sqlite3_column_text(st, 1);
                 enum dir_session_state state = (enum dir_session_state)sqlite3_column_int(st, 2);
@@ -1434,8 +1118,8 @@ static int lookup_run(struct dir_store *s, struct lookup *l, enum stmt id, const
                 l->ret->state = state;
                 l->ret->node_session = (uint32_t)sqlite3_column_int64(st, 4);
                 l->ret->redirect = sqlite3_column_int64(st, 5) != l->entry_id;
-                copy_text(st, 6, l->ret->node, sizeof(l->ret->node));
-                copy_text(st, 7, l->ret->addresses, sizeof(l->ret->addresses));
+                tsf_sqlite_copy_text(st, 6, l->ret->node, sizeof(l->ret->node));
+                tsf_sqlite_copy_text(st, 7, l->ret->addresses, sizeof(l->ret->addresses));
                 l->ret->rdp_port = (uint16_t)sqlite3_column_int(st, 8);
         }
         return r;
@@ -1448,7 +1132,7 @@ static int find_sessions(struct dir_store *s, const struct tsf_userkey *cookie, 
         bool began;
         int r = 0;
 
-        r = read_begin(s, &began);
+        r = tsf_sqlite_read_begin(&s->sql, &began);
         if (r < 0)
                 return r;
         if (cookie->user[0])
@@ -1456,7 +1140,7 @@ static int find_sessions(struct dir_store *s, const struct tsf_userkey *cookie, 
         /* A cookie of exactly 9 bytes may have been cut by the client. */
         if (r >= 0 && !l.ambiguous && tsf_userkey_maybe_truncated(cookie))
                 r = lookup_run(s, &l, ST_LOOKUP_PREFIX, cookie->folded, cookie->folded_len);
-        read_end(s, began);
+        tsf_sqlite_read_end(&s->sql, began);
         if (r < 0)
                 return r;
 
@@ -1493,10 +1177,10 @@ static int place(struct dir_store *s, const struct tsf_userkey *key, int64_t ent
 
         pending_expire(s, now);
 
-        r = stmt_get(s, ST_NODES_ALL, &st);
+        r = tsf_sqlite_stmt(&s->sql, ST_NODES_ALL, &st);
         if (r < 0)
                 return r;
-        while ((r = step(st)) > 0) {
+        while ((r = tsf_sqlite_step(st)) > 0) {
                 if (n == n_alloc) {
                         size_t k = MAX(n_alloc * 2, (size_t)8);
                         struct candidate *a = reallocarray(c, k, sizeof(*a));
@@ -1607,10 +1291,10 @@ static int meta_get(struct dir_store *s, uint64_t *ret_revision, uint64_t *ret_h
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int r;
 
-        r = stmt_get(s, ST_META_GET, &st);
+        r = tsf_sqlite_stmt(&s->sql, ST_META_GET, &st);
         if (r < 0)
                 return r;
-        r = step(st);
+        r = tsf_sqlite_step(st);
         if (r <= 0)
                 return r < 0 ? r : -EBADMSG;
         *ret_revision = (uint64_t)sqlite3_column_int64(st, 0);
@@ -1620,19 +1304,19 @@ static int meta_get(struct dir_store *s, uint64_t *ret_revision, uint64_t *ret_h
 
 struct feed {
         sqlite3_stmt *st;
-        int more; /* step()'s last answer */
+        int more; /* tsf_sqlite_step()'s last answer */
 };
 
 static int feed_open(struct dir_store *s, struct feed *f, enum stmt id, uint64_t since, unsigned max) {
         int r;
 
-        r = stmt_get(s, id, &f->st);
+        r = tsf_sqlite_stmt(&s->sql, id, &f->st);
         if (r < 0)
                 return r;
-        r = bind_all(f->st, "ii", (int64_t)since, (int64_t)max);
+        r = tsf_sqlite_bind(f->st, "ii", (int64_t)since, (int64_t)max);
         if (r < 0)
                 return r;
-        f->more = step(f->st);
+        f->more = tsf_sqlite_step(f->st);
         return f->more < 0 ? f->more : 0;
 }
 
@@ -1650,7 +1334,7 @@ int dir_changes_since(struct dir_store *s, uint64_t since, unsigned max, dir_cha
                 return -EINVAL;
         max = MIN(max, (unsigned)INT32_MAX);
 
-        r = read_begin(s, &began);
+        r = tsf_sqlite_read_begin(&s->sql, &began);
         if (r < 0)
                 return r;
         r = meta_get(s, &revision, &horizon);
@@ -1698,10 +1382,10 @@ int dir_changes_since(struct dir_store *s, uint64_t since, unsigned max, dir_cha
                         memset(&x, 0, sizeof(x));
                         x.revision = c.revision;
                         x.id = (uint64_t)sqlite3_column_int64(st_t, 1);
-                        copy_text(st_t, 2, x.node, sizeof(x.node));
+                        tsf_sqlite_copy_text(st_t, 2, x.node, sizeof(x.node));
                         x.node_session = (uint32_t)sqlite3_column_int64(st_t, 3);
-                        copy_text(st_t, 4, x.user, sizeof(x.user));
-                        copy_text(st_t, 5, x.user_key, sizeof(x.user_key));
+                        tsf_sqlite_copy_text(st_t, 4, x.user, sizeof(x.user));
+                        tsf_sqlite_copy_text(st_t, 5, x.user_key, sizeof(x.user_key));
                         c.kind = DIR_CHANGE_SESSION_GONE;
                         c.session = &x;
                 }
@@ -1709,13 +1393,13 @@ int dir_changes_since(struct dir_store *s, uint64_t since, unsigned max, dir_cha
                 if (r < 0)
                         break;
                 delivered++;
-                f[next].more = step(f[next].st);
+                f[next].more = tsf_sqlite_step(f[next].st);
                 r = f[next].more;
         }
-        stmt_donep(&st_n);
-        stmt_donep(&st_s);
-        stmt_donep(&st_t);
-        read_end(s, began);
+        tsf_sqlite_stmt_donep(&st_n);
+        tsf_sqlite_stmt_donep(&st_s);
+        tsf_sqlite_stmt_donep(&st_t);
+        tsf_sqlite_read_end(&s->sql, began);
         return r < 0 ? r : delivered;
 }
 
@@ -1728,14 +1412,14 @@ int dir_snapshot(struct dir_store *s, uint64_t after, unsigned limit, dir_change
 
         if (!s || !cb || limit > INT_MAX)
                 return -EINVAL;
-        r = read_begin(s, &began);
+        r = tsf_sqlite_read_begin(&s->sql, &began);
         if (r < 0)
                 return r;
         r = meta_get(s, &revision, &horizon);
         /* The nodes come with the first page. */
         if (r >= 0 && after == 0)
-                r = stmt_get(s, ST_NODES_ALL, &st_n);
-        while (r >= 0 && st_n && (r = step(st_n)) > 0) {
+                r = tsf_sqlite_stmt(&s->sql, ST_NODES_ALL, &st_n);
+        while (r >= 0 && st_n && (r = tsf_sqlite_step(st_n)) > 0) {
                 struct dir_node nd;
                 struct dir_change c = {.kind = DIR_CHANGE_NODE, .node = &nd};
 
@@ -1744,10 +1428,10 @@ int dir_snapshot(struct dir_store *s, uint64_t after, unsigned limit, dir_change
                 r = cb(&c, userdata);
         }
         if (r >= 0)
-                r = stmt_get(s, ST_SESSIONS_PAGE, &st_s);
+                r = tsf_sqlite_stmt(&s->sql, ST_SESSIONS_PAGE, &st_s);
         if (r >= 0)
-                r = bind_all(st_s, "ii", (int64_t)after, limit ? (int64_t)limit : (int64_t)-1);
-        while (r >= 0 && (r = step(st_s)) > 0) {
+                r = tsf_sqlite_bind(st_s, "ii", (int64_t)after, limit ? (int64_t)limit : (int64_t)-1);
+        while (r >= 0 && (r = tsf_sqlite_step(st_s)) > 0) {
                 struct dir_session x;
                 struct dir_change c = {.kind = DIR_CHANGE_SESSION, .session = &x};
 
@@ -1756,9 +1440,9 @@ int dir_snapshot(struct dir_store *s, uint64_t after, unsigned limit, dir_change
                 r = cb(&c, userdata);
                 count++;
         }
-        stmt_donep(&st_n);
-        stmt_donep(&st_s);
-        read_end(s, began);
+        tsf_sqlite_stmt_donep(&st_n);
+        tsf_sqlite_stmt_donep(&st_s);
+        tsf_sqlite_read_end(&s->sql, began);
         if (r < 0)
                 return r;
         if (ret_revision)
@@ -1776,20 +1460,20 @@ int dir_session_counts(struct dir_store *s, uint64_t counts[static _DIR_SESSION_
         if (!s)
                 return -EINVAL;
         memset(counts, 0, sizeof(uint64_t) * _DIR_SESSION_STATE_MAX);
-        r = read_begin(s, &began);
+        r = tsf_sqlite_read_begin(&s->sql, &began);
         if (r < 0)
                 return r;
         r = meta_get(s, &revision, &horizon);
         if (r >= 0)
-                r = stmt_get(s, ST_SESSION_COUNTS, &st);
-        while (r >= 0 && (r = step(st)) > 0) {
+                r = tsf_sqlite_stmt(&s->sql, ST_SESSION_COUNTS, &st);
+        while (r >= 0 && (r = tsf_sqlite_step(st)) > 0) {
                 int64_t state = sqlite3_column_int64(st, 0);
 
                 if (state >= 0 && state < _DIR_SESSION_STATE_MAX)
                         counts[state] = (uint64_t)sqlite3_column_int64(st, 1);
         }
-        stmt_donep(&st);
-        read_end(s, began);
+        tsf_sqlite_stmt_donep(&st);
+        tsf_sqlite_read_end(&s->sql, began);
         if (r < 0)
                 return r;
         if (ret_revision)
@@ -1815,10 +1499,10 @@ int dir_changes_compact(struct dir_store *s, uint64_t through) {
                 return -EINVAL;
         if (through <= horizon)
                 return tx_commit(TAKE_PTR(tx));
-        removed = run(s, ST_TOMBSTONES_COMPACT, "i", (int64_t)through);
+        removed = tsf_sqlite_run(&s->sql, ST_TOMBSTONES_COMPACT, "i", (int64_t)through);
         if (removed < 0)
                 return removed;
-        r = run(s, ST_META_SET_HORIZON, "i", (int64_t)through);
+        r = tsf_sqlite_run(&s->sql, ST_META_SET_HORIZON, "i", (int64_t)through);
         if (r < 0)
                 return r;
         r = tx_commit(TAKE_PTR(tx));

@@ -28,14 +28,11 @@
 #include "tsfarm/hex.h"
 #include "tsfarm/log.h"
 #include "tsfarm/macro.h"
-
-DEFINE_TRIVIAL_CLEANUP_FUNC(sqlite3 *, sqlite3_close);
-DEFINE_TRIVIAL_CLEANUP_FUNC(sqlite3_stmt *, sqlite3_finalize);
+#include "tsfarm/sqlite.h"
 
 /* 'tsfl': marks the file as a license store, so we refuse to migrate some
  * other program's SQLite database into ours. */
 #define LIC_APPLICATION_ID 0x7473666c
-#define BUSY_TIMEOUT_MS 5000
 /* Times beyond this are refused: expiries are added to them. */
 #define TIME_MAX ((usec_t)INT64_MAX / 2)
 
@@ -99,14 +96,8 @@ static const char *const migrations[] = {
         "AND t.state = 3 AND t.state_time > ?1)) FROM packs p "
 _Static_assert(LIC_REVOKE_PERCENT == 20, "PACK_SELECT spells out the revocation bound");
 
+/* The statements lib/sqlite.c caches for us; it has the transactions'. */
 enum stmt {
-        ST_BEGIN,
-        ST_BEGIN_READ,
-        ST_COMMIT,
-        ST_ROLLBACK,
-        ST_SAVEPOINT,
-        ST_RELEASE,
-        ST_ROLLBACK_TO,
         ST_EXPIRE_AUDIT,
         ST_EXPIRE_POOL,
         ST_EXPIRE_TOKENS,
@@ -132,15 +123,6 @@ enum stmt {
 };
 
 static const char *const stmt_sql[_ST_MAX] = {
-        /* IMMEDIATE: take the write lock first, so two writers queue on the
-         * busy timeout instead of one failing at its first write. */
-        [ST_BEGIN] = "BEGIN IMMEDIATE",
-        [ST_BEGIN_READ] = "BEGIN",
-        [ST_COMMIT] = "COMMIT",
-        [ST_ROLLBACK] = "ROLLBACK",
-        [ST_SAVEPOINT] = "SAVEPOINT op",
-        [ST_RELEASE] = "RELEASE op",
-        [ST_ROLLBACK_TO] = "ROLLBACK TO op",
         /* Lazy expiry, ?1 = now: audit rows first (they read the records
          * as they were), then the pool, then the records. */
         [ST_EXPIRE_AUDIT] =
@@ -189,10 +171,7 @@ static const char *const stmt_sql[_ST_MAX] = {
 };
 
 struct lic_store {
-        sqlite3 *db;
-        sqlite3_stmt *stmts[_ST_MAX];
-        bool in_tx;
-        bool batch;
+        struct tsf_sqlite sql;
 
         lic_random_fn random;
         void *random_userdata;
@@ -215,171 +194,25 @@ static int refuse(const char **reason, int error, const char *why) {
 
 /* ---- SQLite plumbing ----------------------------------------------------- */
 
-static int sql_errno(sqlite3 *db, int rc) {
-        int e;
-
-        switch (rc & 0xff) {
-        case SQLITE_OK:
-        case SQLITE_ROW:
-        case SQLITE_DONE:
-                return 0;
-        case SQLITE_BUSY:
-        case SQLITE_LOCKED:
-                return -EBUSY;
-        case SQLITE_NOMEM:
-                return -ENOMEM;
-        case SQLITE_READONLY:
-                return -EROFS;
-        case SQLITE_FULL:
-                return -ENOSPC;
-        case SQLITE_CONSTRAINT:
-                return (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY) ? -EEXIST
-                                                                                              : -EINVAL;
-        case SQLITE_NOTADB:
-                return -EMEDIUMTYPE;
-        case SQLITE_CORRUPT:
-                return -EBADMSG;
-        case SQLITE_TOOBIG:
-                return -E2BIG;
-        case SQLITE_PERM:
-        case SQLITE_AUTH:
-                return -EPERM;
-        case SQLITE_INTERRUPT:
-                return -EINTR;
-        case SQLITE_IOERR:
-        case SQLITE_CANTOPEN:
-                e = db ? sqlite3_system_errno(db) : 0;
-                return e > 0 ? -e : ((rc & 0xff) == SQLITE_CANTOPEN ? -EACCES : -EIO);
-        default:
-                return -EIO;
-        }
-}
-
-static int stmt_get(struct lic_store *s, enum stmt id, sqlite3_stmt **ret) {
-        if (!s->stmts[id]) {
-                int rc = sqlite3_prepare_v3(s->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
-                                            &s->stmts[id], NULL);
-                if (rc != SQLITE_OK)
-                        return log_debug_errno(sql_errno(s->db, rc), "Failed to prepare statement %d: %s",
-                                               (int)id, sqlite3_errmsg(s->db));
-        }
-        *ret = s->stmts[id];
-        return 0;
-}
-
-/* Cached statements are reset, not finalized, when their user is done. */
-static void stmt_donep(sqlite3_stmt **st) {
-        if (*st) {
-                sqlite3_reset(*st);
-                sqlite3_clear_bindings(*st);
-        }
-}
-#define _cleanup_stmt_ _cleanup_(stmt_donep)
-
-/* Binds parameters 1.. in order: 't' text (NULL binds NULL), 'i' int64,
- * 'b' blob as (const uint8_t *, size_t) (NULL binds NULL). */
-static int bind_va(sqlite3_stmt *st, const char *fmt, va_list ap) {
-        int rc = SQLITE_OK, i = 0;
-
-        for (const char *f = fmt; *f && rc == SQLITE_OK; f++) {
-                i++;
-                if (*f == 't') {
-                        const char *v = va_arg(ap, const char *);
-                        rc = v ? sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
-                } else if (*f == 'b') {
-                        const uint8_t *v = va_arg(ap, const uint8_t *);
-                        size_t n = va_arg(ap, size_t);
-                        rc = v ? sqlite3_bind_blob(st, i, v, (int)n, SQLITE_STATIC)
-                               : sqlite3_bind_null(st, i);
-                } else {
-                        rc = sqlite3_bind_int64(st, i, va_arg(ap, int64_t));
-                }
-        }
-        return rc == SQLITE_OK ? 0 : sql_errno(sqlite3_db_handle(st), rc);
-}
-
-static int bind_all(sqlite3_stmt *st, const char *fmt, ...) {
-        va_list ap;
-        int r;
-
-        va_start(ap, fmt);
-        r = bind_va(st, fmt, ap);
-        va_end(ap);
-        return r;
-}
-
-/* 1 for a row, 0 when done, negative errno on failure. */
-static int step(sqlite3_stmt *st) {
-        int rc = sqlite3_step(st);
-
-        if (rc == SQLITE_ROW)
-                return 1;
-        if (rc == SQLITE_DONE)
-                return 0;
-        return log_debug_errno(sql_errno(sqlite3_db_handle(st), rc), "SQLite: %s (%s)",
-                               sqlite3_errmsg(sqlite3_db_handle(st)), sqlite3_sql(st));
-}
-
-static int exec_stmt(struct lic_store *s, enum stmt id) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int r;
-
-        r = stmt_get(s, id, &st);
-        if (r < 0)
-                return r;
-        r = step(st);
-        return r < 0 ? r : 0;
-}
-
-/* Runs a cached write statement; returns the number of rows it changed. */
-static int run(struct lic_store *s, enum stmt id, const char *fmt, ...) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        va_list ap;
-        int r;
-
-        r = stmt_get(s, id, &st);
-        if (r < 0)
-                return r;
-        va_start(ap, fmt);
-        r = bind_va(st, fmt, ap);
-        va_end(ap);
-        if (r < 0)
-                return r;
-        r = step(st);
-        if (r < 0)
-                return r;
-        return sqlite3_changes(s->db);
-}
-
 /* Runs a cached query that yields one integer. */
 static int query_int(struct lic_store *s, enum stmt id, int64_t *ret, const char *fmt, ...) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         va_list ap;
         int r;
 
-        r = stmt_get(s, id, &st);
+        r = tsf_sqlite_stmt(&s->sql, id, &st);
         if (r < 0)
                 return r;
         va_start(ap, fmt);
-        r = bind_va(st, fmt, ap);
+        r = tsf_sqlite_bind_va(st, fmt, ap);
         va_end(ap);
         if (r < 0)
                 return r;
-        r = step(st);
+        r = tsf_sqlite_step(st);
         if (r <= 0)
                 return r < 0 ? r : -ENOENT;
         *ret = sqlite3_column_int64(st, 0);
         return 0;
-}
-
-static void copy_text(sqlite3_stmt *st, int col, char *buf, size_t size) {
-        const unsigned char *t = sqlite3_column_text(st, col);
-        size_t n = t ? (size_t)sqlite3_column_bytes(st, col) : 0;
-
-        n = MIN(n, size - 1);
-        if (n > 0)
-                memcpy(buf, t, n);
-        buf[n] = '\0';
 }
 
 /* Copies a blob column; returns its length (0 for NULL or oversize). */
@@ -393,239 +226,38 @@ static size_t copy_blob(sqlite3_stmt *st, int col, uint8_t *buf, size_t size) {
         return n;
 }
 
-/* ---- transactions -------------------------------------------------------- */
-
-/* Every write operation is one transaction, or inside a batch one
- * savepoint, so that a failing operation leaves nothing behind. */
-static int tx_begin(struct lic_store *s) {
-        int r;
-
-        if (s->in_tx)
-                return -EBUSY; /* operations do not nest */
-        r = exec_stmt(s, s->batch ? ST_SAVEPOINT : ST_BEGIN);
-        if (r < 0)
-                return r;
-        s->in_tx = true;
-        return 0;
-}
-
-static void tx_abort(struct lic_store *s) {
-        if (!s->in_tx)
-                return;
-        if (s->batch) {
-                (void)exec_stmt(s, ST_ROLLBACK_TO);
-                (void)exec_stmt(s, ST_RELEASE);
-        } else
-                (void)exec_stmt(s, ST_ROLLBACK);
-        s->in_tx = false;
-}
-
-static void tx_abortp(struct lic_store **s) {
-        if (*s)
-                tx_abort(*s);
-}
-
-static int tx_commit(struct lic_store *s) {
-        int r;
-
-        r = exec_stmt(s, s->batch ? ST_RELEASE : ST_COMMIT);
-        if (r < 0) {
-                tx_abort(s);
-                return r;
-        }
-        s->in_tx = false;
-        return 0;
-}
-
-/* Reads that span several statements see one snapshot. Inside a batch or
- * an operation they already do. */
-static int read_begin(struct lic_store *s, bool *began) {
-        int r;
-
-        *began = false;
-        if (s->batch || s->in_tx)
-                return 0;
-        r = exec_stmt(s, ST_BEGIN_READ);
-        if (r < 0)
-                return r;
-        *began = true;
-        return 0;
-}
-
-/* Callers reset their statements first. */
-static void read_end(struct lic_store *s, bool began) {
-        if (began && exec_stmt(s, ST_COMMIT) < 0)
-                (void)exec_stmt(s, ST_ROLLBACK);
-}
+/* ---- batches ------------------------------------------------------------- */
 
 int lic_store_batch_begin(struct lic_store *s) {
-        int r;
-
-        if (!s || s->batch || s->in_tx)
-                return -EINVAL;
-        r = exec_stmt(s, ST_BEGIN);
-        if (r < 0)
-                return r;
-        s->batch = true;
-        return 0;
+        return s ? tsf_sqlite_batch_begin(&s->sql) : -EINVAL;
 }
 
 int lic_store_batch_commit(struct lic_store *s) {
-        int r;
-
-        if (!s || !s->batch)
-                return -EINVAL;
-        r = exec_stmt(s, ST_COMMIT);
-        if (r < 0) {
-                (void)lic_store_batch_abort(s);
-                return r;
-        }
-        s->batch = false;
-        return 0;
+        return s ? tsf_sqlite_batch_commit(&s->sql) : -EINVAL;
 }
 
 int lic_store_batch_abort(struct lic_store *s) {
-        if (!s || !s->batch)
-                return -EINVAL;
-        (void)exec_stmt(s, ST_ROLLBACK);
-        s->batch = false;
-        return 0;
+        return s ? tsf_sqlite_batch_abort(&s->sql) : -EINVAL;
 }
 
 /* ---- open, migrate, close ------------------------------------------------ */
-
-static int pragma_get(sqlite3 *db, const char *sql, int64_t *ret) {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return log_debug_errno(sql_errno(db, rc), "%s: %s", sql, sqlite3_errmsg(db));
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW)
-                return log_debug_errno(rc == SQLITE_DONE ? -EIO : sql_errno(db, rc), "%s: %s", sql,
-                                       sqlite3_errmsg(db));
-        *ret = sqlite3_column_int64(st, 0);
-        return 0;
-}
-
-static int exec_sql(sqlite3 *db, const char *sql) {
-        int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
-
-        if (rc != SQLITE_OK)
-                return log_debug_errno(sql_errno(db, rc), "SQLite: %s (%.60s...)", sqlite3_errmsg(db), sql);
-        return 0;
-}
 
 int lic_store_schema_version(void) {
         return (int)ELEMENTSOF(migrations);
 }
 
-/* Refuses databases that are not ours or are newer than this code. */
-static int check_version(sqlite3 *db, int64_t *ret_version) {
-        int64_t version, app_id, objects;
-        int r;
-
-        r = pragma_get(db, "PRAGMA user_version", &version);
-        if (r < 0)
-                return r;
-        r = pragma_get(db, "PRAGMA application_id", &app_id);
-        if (r < 0)
-                return r;
-        if (version > lic_store_schema_version())
-                return log_debug_errno(-EPROTONOSUPPORT,
-                                       "License database has schema version %" PRIi64
-                                       ", this code knows up to %d; refusing to open it.",
-                                       version, lic_store_schema_version());
-        if (version > 0 && app_id != LIC_APPLICATION_ID)
-                return log_debug_errno(-EMEDIUMTYPE, "Database is not a tsfarm license store.");
-        if (version == 0) {
-                r = pragma_get(db, "SELECT count(*) FROM sqlite_schema", &objects);
-                if (r < 0)
-                        return r;
-                if (objects > 0)
-                        return log_debug_errno(-EMEDIUMTYPE, "Database has tables but no schema version.");
-        }
-        *ret_version = version;
-        return 0;
-}
-
-static int migrate(sqlite3 *db) {
-        int64_t version;
-        int r;
-
-        r = exec_sql(db, "BEGIN IMMEDIATE");
-        if (r < 0)
-                return r;
-        /* Again under the write lock: another process may have migrated. */
-        r = check_version(db, &version);
-        for (int64_t v = version; r >= 0 && v < lic_store_schema_version(); v++) {
-                log_debug("Migrating license schema from version %" PRIi64 " to %" PRIi64 ".", v, v + 1);
-                r = exec_sql(db, migrations[v]);
-        }
-        if (r >= 0 && version < lic_store_schema_version()) {
-                char sql[96];
-
-                snprintf(sql, sizeof(sql), "PRAGMA user_version = %d; PRAGMA application_id = %d",
-                         lic_store_schema_version(), LIC_APPLICATION_ID);
-                r = exec_sql(db, sql);
-        }
-        if (r >= 0)
-                r = exec_sql(db, "COMMIT");
-        if (r < 0)
-                (void)sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        return r;
-}
-
-static int open_db(const char *path, sqlite3 **ret) {
-        _cleanup_(sqlite3_closep) sqlite3 *db = NULL;
-        const char *mode = NULL;
-        int64_t version, fk;
-        int rc, r;
-
-        rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
-        if (rc != SQLITE_OK)
-                return log_debug_errno(sql_errno(db, rc), "Failed to open %s: %s", path,
-                                       db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-        sqlite3_extended_result_codes(db, 1);
-        sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
-
-        /* Before anything writes to the file (WAL mode is persistent). */
-        r = check_version(db, &version);
-        if (r < 0)
-                return r;
-
-        /* WAL: reports never wait for an issuance. FULL: a commit returns
-         * only once the WAL is on disk, so a CAL we signed and handed out is
-         * still recorded after a power cut, not just after a crash. */
-        rc = sqlite3_exec(db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL);
-        if (rc != SQLITE_OK)
-                return log_debug_errno(sql_errno(db, rc), "Failed to enable WAL: %s", sqlite3_errmsg(db));
-        {
-                _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-
-                rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL);
-                if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-                        mode = (const char *)sqlite3_column_text(st, 0);
-                if (!mode || strcmp(mode, "wal") != 0)
-                        return log_debug_errno(-EOPNOTSUPP, "%s: WAL mode not available.", path);
-        }
-        r = exec_sql(db, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY");
-        if (r < 0)
-                return r;
-        r = pragma_get(db, "PRAGMA foreign_keys", &fk);
-        if (r < 0)
-                return r;
-        if (fk != 1)
-                return log_debug_errno(-EOPNOTSUPP, "SQLite built without foreign keys.");
-
-        r = migrate(db);
-        if (r < 0)
-                return r;
-        *ret = TAKE_PTR(db);
-        return 0;
-}
+/* lib/sqlite.c opens the file in WAL mode with synchronous = FULL. WAL:
+ * reports never wait for an issuance. FULL: a commit returns only once the
+ * WAL is on disk, so a CAL we signed and handed out is still recorded after
+ * a power cut, not just after a crash. */
+static const struct tsf_sqlite_spec spec = {
+        .what = "license",
+        .application_id = LIC_APPLICATION_ID,
+        .migrations = migrations,
+        .n_migrations = ELEMENTSOF(migrations),
+        .stmt_sql = stmt_sql,
+        .n_stmts = _ST_MAX,
+};
 
 static int random_getrandom(void *buf, size_t n, void *userdata) {
         uint8_t *p = buf;
@@ -654,7 +286,7 @@ int lic_store_open(const char *path, struct lic_store **ret) {
         if (!s)
                 return -ENOMEM;
         s->random = random_getrandom;
-        r = open_db(path, &s->db);
+        r = tsf_sqlite_open(&s->sql, path, &spec);
         if (r < 0)
                 return r;
         *ret = TAKE_PTR(s);
@@ -664,11 +296,7 @@ int lic_store_open(const char *path, struct lic_store **ret) {
 struct lic_store *lic_store_close(struct lic_store *s) {
         if (!s)
                 return NULL;
-        if (s->batch)
-                (void)lic_store_batch_abort(s);
-        for (size_t i = 0; i < _ST_MAX; i++)
-                sqlite3_finalize(s->stmts[i]);
-        sqlite3_close(s->db);
+        tsf_sqlite_close(&s->sql);
         free(s);
         return NULL;
 }
@@ -793,11 +421,11 @@ static void row_to_token(sqlite3_stmt *st, struct lic_token *t) {
         (void)copy_blob(st, 0, t->token_id, sizeof(t->token_id));
         t->kind = (enum lic_kind)sqlite3_column_int(st, 1);
         t->state = (enum lic_state)sqlite3_column_int(st, 2);
-        copy_text(st, 3, t->pack_id, sizeof(t->pack_id));
-        copy_text(st, 4, t->product_version, sizeof(t->product_version));
-        copy_text(st, 5, t->device_name, sizeof(t->device_name));
+        tsf_sqlite_copy_text(st, 3, t->pack_id, sizeof(t->pack_id));
+        tsf_sqlite_copy_text(st, 4, t->product_version, sizeof(t->product_version));
+        tsf_sqlite_copy_text(st, 5, t->device_name, sizeof(t->device_name));
         t->hardware_id_len = copy_blob(st, 6, t->hardware_id, sizeof(t->hardware_id));
-        copy_text(st, 7, t->user_name, sizeof(t->user_name));
+        tsf_sqlite_copy_text(st, 7, t->user_name, sizeof(t->user_name));
         t->issued = (usec_t)sqlite3_column_int64(st, 8);
         t->expires = (usec_t)sqlite3_column_int64(st, 9);
         t->state_time = (usec_t)sqlite3_column_int64(st, 10);
@@ -806,8 +434,8 @@ static void row_to_token(sqlite3_stmt *st, struct lic_token *t) {
 
 static void row_to_pack(sqlite3_stmt *st, struct lic_pack *p) {
         memset(p, 0, sizeof(*p));
-        copy_text(st, 0, p->id, sizeof(p->id));
-        copy_text(st, 1, p->product_version, sizeof(p->product_version));
+        tsf_sqlite_copy_text(st, 0, p->id, sizeof(p->id));
+        tsf_sqlite_copy_text(st, 1, p->product_version, sizeof(p->product_version));
         p->installed = (usec_t)sqlite3_column_int64(st, 2);
         p->count = (uint32_t)sqlite3_column_int64(st, 3);
         p->available = (uint32_t)sqlite3_column_int64(st, 4);
@@ -823,15 +451,15 @@ static int token_query(struct lic_store *s, enum stmt id, struct lic_token *ret,
         va_list ap;
         int r;
 
-        r = stmt_get(s, id, &st);
+        r = tsf_sqlite_stmt(&s->sql, id, &st);
         if (r < 0)
                 return r;
         va_start(ap, fmt);
-        r = bind_va(st, fmt, ap);
+        r = tsf_sqlite_bind_va(st, fmt, ap);
         va_end(ap);
         if (r < 0)
                 return r;
-        r = step(st);
+        r = tsf_sqlite_step(st);
         if (r <= 0)
                 return r < 0 ? r : -ENOENT;
         row_to_token(st, ret);
@@ -846,13 +474,13 @@ static int pack_lookup(struct lic_store *s, const char *id, usec_t now, struct l
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int r;
 
-        r = stmt_get(s, ST_PACK_GET, &st);
+        r = tsf_sqlite_stmt(&s->sql, ST_PACK_GET, &st);
         if (r < 0)
                 return r;
-        r = bind_all(st, "it", (int64_t)(now - LIC_REVOKE_WINDOW), id);
+        r = tsf_sqlite_bind(st, "it", (int64_t)(now - LIC_REVOKE_WINDOW), id);
         if (r < 0)
                 return r;
-        r = step(st);
+        r = tsf_sqlite_step(st);
         if (r <= 0)
                 return r < 0 ? r : -ENOENT;
         row_to_pack(st, ret);
@@ -876,8 +504,8 @@ static int audit(struct lic_store *s, usec_t now, enum lic_action a, const uint8
         va_start(ap, fmt);
         vsnprintf(detail, sizeof(detail), fmt, ap);
         va_end(ap);
-        r = run(s, ST_AUDIT_INSERT, "itbtttt", (int64_t)now, action_names[a], token_id,
-                (size_t)(token_id ? LIC_TOKEN_ID_SIZE : 0), pack_id, device, user, detail);
+        r = tsf_sqlite_run(&s->sql, ST_AUDIT_INSERT, "itbtttt", (int64_t)now, action_names[a], token_id,
+                           (size_t)(token_id ? LIC_TOKEN_ID_SIZE : 0), pack_id, device, user, detail);
         return r < 0 ? r : 0;
 }
 
@@ -926,13 +554,13 @@ static int cal_lifetime(struct lic_store *s, usec_t *ret) {
 static int expire_due(struct lic_store *s, usec_t now) {
         int r;
 
-        r = run(s, ST_EXPIRE_AUDIT, "i", (int64_t)now);
+        r = tsf_sqlite_run(&s->sql, ST_EXPIRE_AUDIT, "i", (int64_t)now);
         if (r <= 0)
                 return r;
-        r = run(s, ST_EXPIRE_POOL, "i", (int64_t)now);
+        r = tsf_sqlite_run(&s->sql, ST_EXPIRE_POOL, "i", (int64_t)now);
         if (r < 0)
                 return r;
-        r = run(s, ST_EXPIRE_TOKENS, "i", (int64_t)now);
+        r = tsf_sqlite_run(&s->sql, ST_EXPIRE_TOKENS, "i", (int64_t)now);
         if (r > 0)
                 log_debug("License store: %d records expired.", r);
         return r;
@@ -944,19 +572,19 @@ static int op_begin(struct lic_store *s, usec_t now) {
 
         if (now == 0)
                 return -ERANGE; /* a clock we cannot compute expiries from */
-        r = tx_begin(s);
+        r = tsf_sqlite_tx_begin(&s->sql);
         if (r < 0)
                 return r;
         r = expire_due(s, now);
         if (r < 0) {
-                tx_abort(s);
+                tsf_sqlite_tx_abort(&s->sql);
                 return r;
         }
         return r;
 }
 
 int lic_expire(struct lic_store *s) {
-        _cleanup_(tx_abortp) struct lic_store *tx = NULL;
+        _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
         int r, n;
 
         if (!s)
@@ -964,15 +592,15 @@ int lic_expire(struct lic_store *s) {
         n = op_begin(s, now_checked());
         if (n < 0)
                 return n;
-        tx = s;
-        r = tx_commit(TAKE_PTR(tx));
+        tx = &s->sql;
+        r = tsf_sqlite_tx_commit(TAKE_PTR(tx));
         return r < 0 ? r : n;
 }
 
 /* ---- packs --------------------------------------------------------------- */
 
 int lic_pack_install(struct lic_store *s, const char *id, const char *product_version, uint32_t count) {
-        _cleanup_(tx_abortp) struct lic_store *tx = NULL;
+        _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
         usec_t now = now_checked();
         struct lic_pack p;
         int r;
@@ -984,20 +612,21 @@ int lic_pack_install(struct lic_store *s, const char *id, const char *product_ve
         r = op_begin(s, now);
         if (r < 0)
                 return r;
-        tx = s;
+        tx = &s->sql;
         r = pack_lookup(s, id, now, &p);
         if (r >= 0)
                 return -EEXIST;
         if (r != -ENOENT)
                 return r;
-        r = run(s, ST_PACK_INSERT, "ttii", id, product_version, (int64_t)count, (int64_t)now);
+        r = tsf_sqlite_run(&s->sql, ST_PACK_INSERT, "ttii", id, product_version, (int64_t)count,
+                           (int64_t)now);
         if (r < 0)
                 return r;
         r = audit(s, now, LIC_ACTION_INSTALL, NULL, id, NULL, NULL, "%" PRIu32 " CALs, product version %s",
                   count, product_version);
         if (r < 0)
                 return r;
-        return tx_commit(TAKE_PTR(tx));
+        return tsf_sqlite_tx_commit(TAKE_PTR(tx));
 }
 
 int lic_pack_get(struct lic_store *s, const char *id, struct lic_pack *ret) {
@@ -1015,10 +644,10 @@ static int packs_foreach(struct lic_store *s, usec_t now, lic_pack_cb cb, void *
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int r, n = 0;
 
-        r = stmt_get(s, ST_PACKS_ALL, &st);
+        r = tsf_sqlite_stmt(&s->sql, ST_PACKS_ALL, &st);
         if (r >= 0)
-                r = bind_all(st, "i", (int64_t)(now - LIC_REVOKE_WINDOW));
-        while (r >= 0 && (r = step(st)) > 0) {
+                r = tsf_sqlite_bind(st, "i", (int64_t)(now - LIC_REVOKE_WINDOW));
+        while (r >= 0 && (r = tsf_sqlite_step(st)) > 0) {
                 struct lic_pack p;
 
                 row_to_pack(st, &p);
@@ -1038,11 +667,11 @@ int lic_packs_list(struct lic_store *s, lic_pack_cb cb, void *userdata) {
                 return -EINVAL;
         if (now == 0)
                 return -ERANGE;
-        r = read_begin(s, &began);
+        r = tsf_sqlite_read_begin(&s->sql, &began);
         if (r < 0)
                 return r;
         r = packs_foreach(s, now, cb, userdata);
-        read_end(s, began);
+        tsf_sqlite_read_end(&s->sql, began);
         return r;
 }
 
@@ -1050,7 +679,7 @@ int lic_packs_list(struct lic_store *s, lic_pack_cb cb, void *userdata) {
 
 int lic_temporary_issue(struct lic_store *s, const struct lic_device *dev, const char *product_version,
                         const uint8_t *token_id, struct lic_token *ret) {
-        _cleanup_(tx_abortp) struct lic_store *tx = NULL;
+        _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
         usec_t now = now_checked();
         uint8_t id[LIC_TOKEN_ID_SIZE];
         char when[TSF_TIMESTAMP_MAX];
@@ -1061,12 +690,12 @@ int lic_temporary_issue(struct lic_store *s, const struct lic_device *dev, const
         r = op_begin(s, now);
         if (r < 0)
                 return r;
-        tx = s;
+        tx = &s->sql;
 
         /* One live temporary token per device: a retry gets the same. */
         r = token_query(s, ST_LIVE_TEMPORARY, ret, "b", dev->hardware_id, dev->hardware_id_len);
         if (r >= 0) {
-                r = tx_commit(TAKE_PTR(tx));
+                r = tsf_sqlite_tx_commit(TAKE_PTR(tx));
                 return r < 0 ? r : 1;
         }
         if (r != -ENOENT)
@@ -1075,10 +704,11 @@ int lic_temporary_issue(struct lic_store *s, const struct lic_device *dev, const
         r = token_id_make(s, token_id, id);
         if (r < 0)
                 return r;
-        r = run(s, ST_TOKEN_INSERT, "biitttbtiib", id, sizeof(id), (int64_t)LIC_KIND_TEMPORARY,
-                (int64_t)LIC_STATE_TEMPORARY, NULL, product_version ?: "", dev->device_name,
-                dev->hardware_id, dev->hardware_id_len, dev->user_name ?: "", (int64_t)now,
-                (int64_t)(now + LIC_TEMPORARY_LIFETIME), NULL, (size_t)0);
+        r = tsf_sqlite_run(&s->sql, ST_TOKEN_INSERT, "biitttbtiib", id, sizeof(id),
+                           (int64_t)LIC_KIND_TEMPORARY, (int64_t)LIC_STATE_TEMPORARY, NULL,
+                           product_version ?: "", dev->device_name, dev->hardware_id, dev->hardware_id_len,
+                           dev->user_name ?: "", (int64_t)now, (int64_t)(now + LIC_TEMPORARY_LIFETIME), NULL,
+                           (size_t)0);
         if (r < 0)
                 return r;
         r = audit(s, now, LIC_ACTION_TEMPORARY, id, NULL, dev->device_name, dev->user_name, "expires %s",
@@ -1088,12 +718,12 @@ int lic_temporary_issue(struct lic_store *s, const struct lic_device *dev, const
         r = token_lookup(s, id, ret);
         if (r < 0)
                 return r;
-        return tx_commit(TAKE_PTR(tx));
+        return tsf_sqlite_tx_commit(TAKE_PTR(tx));
 }
 
 int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_SIZE],
                            const uint8_t *hardware_id, size_t hardware_id_len, const char **reason) {
-        _cleanup_(tx_abortp) struct lic_store *tx = NULL;
+        _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
         usec_t now = now_checked();
         struct lic_token t;
         int r;
@@ -1103,7 +733,7 @@ int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LI
         r = op_begin(s, now);
         if (r < 0)
                 return r;
-        tx = s;
+        tx = &s->sql;
 
         r = token_lookup(s, token_id, &t);
         if (r == -ENOENT)
@@ -1115,14 +745,15 @@ int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LI
         if (t.kind != LIC_KIND_TEMPORARY)
                 return refuse(reason, -EMEDIUMTYPE, "not a temporary token");
         if (t.state == LIC_STATE_TEMPORARY_VALIDATED) {
-                r = tx_commit(TAKE_PTR(tx));
+                r = tsf_sqlite_tx_commit(TAKE_PTR(tx));
                 return r < 0 ? r : 1;
         }
         if (t.state != LIC_STATE_TEMPORARY)
                 return refuse(reason, -EKEYEXPIRED, "temporary token expired");
 
-        r = run(s, ST_TOKEN_SET_STATE, "biii", token_id, (size_t)LIC_TOKEN_ID_SIZE,
-                (int64_t)LIC_STATE_TEMPORARY, (int64_t)LIC_STATE_TEMPORARY_VALIDATED, (int64_t)now);
+        r = tsf_sqlite_run(&s->sql, ST_TOKEN_SET_STATE, "biii", token_id, (size_t)LIC_TOKEN_ID_SIZE,
+                           (int64_t)LIC_STATE_TEMPORARY, (int64_t)LIC_STATE_TEMPORARY_VALIDATED,
+                           (int64_t)now);
         if (r < 0)
                 return r;
         if (r != 1)
@@ -1131,7 +762,7 @@ int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LI
                   "validated after logon");
         if (r < 0)
                 return r;
-        return tx_commit(TAKE_PTR(tx));
+        return tsf_sqlite_tx_commit(TAKE_PTR(tx));
 }
 
 /* ---- Device CALs --------------------------------------------------------- */
@@ -1151,10 +782,11 @@ static int cal_write(struct lic_store *s, usec_t now, const struct lic_device *d
         r = cal_lifetime(s, &lifetime);
         if (r < 0)
                 return r;
-        r = run(s, ST_TOKEN_INSERT, "biitttbtiib", id, sizeof(id), (int64_t)LIC_KIND_CAL,
-                (int64_t)LIC_STATE_ACTIVE, pack_id, product_version, dev->device_name, dev->hardware_id,
-                dev->hardware_id_len, dev->user_name ?: "", (int64_t)now, (int64_t)(now + lifetime),
-                renewed_from, (size_t)(renewed_from ? LIC_TOKEN_ID_SIZE : 0));
+        r = tsf_sqlite_run(&s->sql, ST_TOKEN_INSERT, "biitttbtiib", id, sizeof(id), (int64_t)LIC_KIND_CAL,
+                           (int64_t)LIC_STATE_ACTIVE, pack_id, product_version, dev->device_name,
+                           dev->hardware_id, dev->hardware_id_len, dev->user_name ?: "", (int64_t)now,
+                           (int64_t)(now + lifetime), renewed_from,
+                           (size_t)(renewed_from ? LIC_TOKEN_ID_SIZE : 0));
         if (r < 0)
                 return r;
         return token_lookup(s, id, ret);
@@ -1171,8 +803,8 @@ static int renew_locked(struct lic_store *s, usec_t now, const struct lic_device
                 return refuse(reason, -EAGAIN, "renewal only when 7 days or fewer remain");
 
         /* The old record first: one active CAL per device and version. */
-        r = run(s, ST_TOKEN_SET_STATE, "biii", old->token_id, sizeof(old->token_id),
-                (int64_t)LIC_STATE_ACTIVE, (int64_t)LIC_STATE_EXPIRED, (int64_t)now);
+        r = tsf_sqlite_run(&s->sql, ST_TOKEN_SET_STATE, "biii", old->token_id, sizeof(old->token_id),
+                           (int64_t)LIC_STATE_ACTIVE, (int64_t)LIC_STATE_EXPIRED, (int64_t)now);
         if (r < 0)
                 return r;
         if (r != 1)
@@ -1205,7 +837,7 @@ static int refuse_state(const struct lic_token *t, const char **reason) {
 int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char *product_version,
                   const uint8_t presented[static LIC_TOKEN_ID_SIZE], const uint8_t *new_id,
                   struct lic_token *ret, const char **reason) {
-        _cleanup_(tx_abortp) struct lic_store *tx = NULL;
+        _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
         usec_t now = now_checked();
         char pack_id[LIC_PACK_ID_MAX + 1], version[LIC_PRODUCT_VERSION_MAX + 1];
         char when[TSF_TIMESTAMP_MAX], presented_hex[2 * LIC_TOKEN_ID_SIZE + 1];
@@ -1218,7 +850,7 @@ int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char 
         r = op_begin(s, now);
         if (r < 0)
                 return r;
-        tx = s;
+        tx = &s->sql;
 
         r = token_lookup(s, presented, &p);
         if (r == -ENOENT)
@@ -1231,7 +863,7 @@ int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char 
                 r = renew_locked(s, now, dev, &p, new_id, ret, reason);
                 if (r < 0)
                         return r;
-                return tx_commit(TAKE_PTR(tx));
+                return tsf_sqlite_tx_commit(TAKE_PTR(tx));
         }
         if (p.state != LIC_STATE_TEMPORARY_VALIDATED)
                 return refuse_state(&p, reason);
@@ -1240,7 +872,7 @@ int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char 
         r = token_query(s, ST_ACTIVE_CAL, ret, "bt", dev->hardware_id, dev->hardware_id_len,
                         product_version);
         if (r >= 0) {
-                r = tx_commit(TAKE_PTR(tx));
+                r = tsf_sqlite_tx_commit(TAKE_PTR(tx));
                 return r < 0 ? r : 1;
         }
         if (r != -ENOENT)
@@ -1249,21 +881,21 @@ int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char 
         {
                 _cleanup_stmt_ sqlite3_stmt *st = NULL;
 
-                r = stmt_get(s, ST_PACK_PICK, &st);
+                r = tsf_sqlite_stmt(&s->sql, ST_PACK_PICK, &st);
                 if (r < 0)
                         return r;
-                r = bind_all(st, "t", product_version);
+                r = tsf_sqlite_bind(st, "t", product_version);
                 if (r < 0)
                         return r;
-                r = step(st);
+                r = tsf_sqlite_step(st);
                 if (r < 0)
                         return r;
                 if (r == 0)
                         return refuse(reason, -ENOSPC, "no key pack has a CAL available");
-                copy_text(st, 0, pack_id, sizeof(pack_id));
-                copy_text(st, 1, version, sizeof(version));
+                tsf_sqlite_copy_text(st, 0, pack_id, sizeof(pack_id));
+                tsf_sqlite_copy_text(st, 1, version, sizeof(version));
         }
-        r = run(s, ST_PACK_TAKE, "t", pack_id);
+        r = tsf_sqlite_run(&s->sql, ST_PACK_TAKE, "t", pack_id);
         if (r < 0)
                 return r;
         if (r != 1)
@@ -1277,13 +909,13 @@ int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char 
                   presented_hex);
         if (r < 0)
                 return r;
-        return tx_commit(TAKE_PTR(tx));
+        return tsf_sqlite_tx_commit(TAKE_PTR(tx));
 }
 
 int lic_cal_renew(struct lic_store *s, const struct lic_device *dev,
                   const uint8_t token_id[static LIC_TOKEN_ID_SIZE], const uint8_t *new_id,
                   struct lic_token *ret, const char **reason) {
-        _cleanup_(tx_abortp) struct lic_store *tx = NULL;
+        _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
         usec_t now = now_checked();
         struct lic_token old;
         int r;
@@ -1293,7 +925,7 @@ int lic_cal_renew(struct lic_store *s, const struct lic_device *dev,
         r = op_begin(s, now);
         if (r < 0)
                 return r;
-        tx = s;
+        tx = &s->sql;
 
         r = token_lookup(s, token_id, &old);
         if (r == -ENOENT)
@@ -1309,14 +941,14 @@ int lic_cal_renew(struct lic_store *s, const struct lic_device *dev,
         r = renew_locked(s, now, dev, &old, new_id, ret, reason);
         if (r < 0)
                 return r;
-        return tx_commit(TAKE_PTR(tx));
+        return tsf_sqlite_tx_commit(TAKE_PTR(tx));
 }
 
 /* ---- revocation ---------------------------------------------------------- */
 
 int lic_revoke(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_SIZE],
                usec_t *ret_possible_at, const char **reason) {
-        _cleanup_(tx_abortp) struct lic_store *tx = NULL;
+        _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
         usec_t now = now_checked(), since;
         struct lic_token t;
         struct lic_pack p;
@@ -1329,7 +961,7 @@ int lic_revoke(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_S
         r = op_begin(s, now);
         if (r < 0)
                 return r;
-        tx = s;
+        tx = &s->sql;
         since = now - LIC_REVOKE_WINDOW;
 
         r = token_lookup(s, token_id, &t);
@@ -1368,13 +1000,13 @@ int lic_revoke(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_S
                 return refuse(reason, -EDQUOT, "20% of the pack's CALs revoked in the last 60 days");
         }
 
-        r = run(s, ST_TOKEN_SET_STATE, "biii", token_id, (size_t)LIC_TOKEN_ID_SIZE,
-                (int64_t)LIC_STATE_ACTIVE, (int64_t)LIC_STATE_REVOKED, (int64_t)now);
+        r = tsf_sqlite_run(&s->sql, ST_TOKEN_SET_STATE, "biii", token_id, (size_t)LIC_TOKEN_ID_SIZE,
+                           (int64_t)LIC_STATE_ACTIVE, (int64_t)LIC_STATE_REVOKED, (int64_t)now);
         if (r < 0)
                 return r;
         if (r != 1)
                 return -EIO;
-        r = run(s, ST_PACK_RETURN, "t", t.pack_id);
+        r = tsf_sqlite_run(&s->sql, ST_PACK_RETURN, "t", t.pack_id);
         if (r < 0)
                 return r;
         if (r != 1)
@@ -1384,7 +1016,7 @@ int lic_revoke(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_S
                   in_window + 1, limit);
         if (r < 0)
                 return r;
-        return tx_commit(TAKE_PTR(tx));
+        return tsf_sqlite_tx_commit(TAKE_PTR(tx));
 }
 
 /* ---- queries ------------------------------------------------------------- */
@@ -1404,12 +1036,12 @@ static int tokens_foreach(struct lic_store *s, const struct lic_token_filter *f,
         int r, n = 0;
 
         f = f ?: &none;
-        r = stmt_get(s, ST_TOKENS_FILTER, &st);
+        r = tsf_sqlite_stmt(&s->sql, ST_TOKENS_FILTER, &st);
         if (r < 0)
                 return r;
-        r = bind_all(st, "titb", f->pack_id, (int64_t)f->states, f->device_name,
-                     f->hardware_id_len ? f->hardware_id : NULL, f->hardware_id_len);
-        while (r >= 0 && (r = step(st)) > 0) {
+        r = tsf_sqlite_bind(st, "titb", f->pack_id, (int64_t)f->states, f->device_name,
+                            f->hardware_id_len ? f->hardware_id : NULL, f->hardware_id_len);
+        while (r >= 0 && (r = tsf_sqlite_step(st)) > 0) {
                 struct lic_token t;
 
                 row_to_token(st, &t);
@@ -1427,11 +1059,11 @@ int lic_tokens_list(struct lic_store *s, const struct lic_token_filter *filter, 
 
         if (!s || !cb || !valid_filter(filter))
                 return -EINVAL;
-        r = read_begin(s, &began);
+        r = tsf_sqlite_read_begin(&s->sql, &began);
         if (r < 0)
                 return r;
         r = tokens_foreach(s, filter, cb, userdata);
-        read_end(s, began);
+        tsf_sqlite_read_end(&s->sql, began);
         return r;
 }
 
@@ -1449,13 +1081,13 @@ int lic_audit_list(struct lic_store *s, uint64_t after, unsigned limit, lic_audi
 
         if (!s || !cb || after > INT64_MAX)
                 return -EINVAL;
-        r = read_begin(s, &began);
+        r = tsf_sqlite_read_begin(&s->sql, &began);
         if (r < 0)
                 return r;
-        r = stmt_get(s, ST_AUDIT_LIST, &st);
+        r = tsf_sqlite_stmt(&s->sql, ST_AUDIT_LIST, &st);
         if (r >= 0)
-                r = bind_all(st, "ii", (int64_t)after, limit ? (int64_t)limit : (int64_t)-1);
-        while (r >= 0 && (r = step(st)) > 0) {
+                r = tsf_sqlite_bind(st, "ii", (int64_t)after, limit ? (int64_t)limit : (int64_t)-1);
+        while (r >= 0 && (r = tsf_sqlite_step(st)) > 0) {
                 struct lic_audit a = {};
                 int action = action_from_string((const char *)sqlite3_column_text(st, 2));
 
@@ -1471,8 +1103,8 @@ int lic_audit_list(struct lic_store *s, uint64_t after, unsigned limit, lic_audi
                 if (r >= 0)
                         n++;
         }
-        stmt_donep(&st);
-        read_end(s, began);
+        tsf_sqlite_stmt_donep(&st);
+        tsf_sqlite_read_end(&s->sql, began);
         return r < 0 ? r : n;
 }
 
@@ -1483,11 +1115,11 @@ int lic_store_check(struct lic_store *s, char *bad_pack, size_t size) {
 
         if (!s)
                 return -EINVAL;
-        r = read_begin(s, &began);
+        r = tsf_sqlite_read_begin(&s->sql, &began);
         if (r < 0)
                 return r;
-        r = stmt_get(s, ST_CHECK, &st);
-        while (r >= 0 && (r = step(st)) > 0) {
+        r = tsf_sqlite_stmt(&s->sql, ST_CHECK, &st);
+        while (r >= 0 && (r = tsf_sqlite_step(st)) > 0) {
                 int64_t count = sqlite3_column_int64(st, 1), available = sqlite3_column_int64(st, 2),
                         issued = sqlite3_column_int64(st, 3);
 
@@ -1496,12 +1128,12 @@ int lic_store_check(struct lic_store *s, char *bad_pack, size_t size) {
                                   " issued != %" PRIi64 " installed.",
                                   (const char *)sqlite3_column_text(st, 0), available, issued, count);
                         if (!bad && bad_pack && size > 0)
-                                copy_text(st, 0, bad_pack, size);
+                                tsf_sqlite_copy_text(st, 0, bad_pack, size);
                         bad = true;
                 }
         }
-        stmt_donep(&st);
-        read_end(s, began);
+        tsf_sqlite_stmt_donep(&st);
+        tsf_sqlite_read_end(&s->sql, began);
         return r < 0 ? r : bad ? -EUCLEAN : 0;
 }
 
@@ -1801,8 +1433,8 @@ static int temporary_counts(struct lic_store *s, uint64_t *live, uint64_t *valid
         int r;
 
         *live = *validated = 0;
-        r = stmt_get(s, ST_TEMPORARY_COUNTS, &st);
-        while (r >= 0 && (r = step(st)) > 0) {
+        r = tsf_sqlite_stmt(&s->sql, ST_TEMPORARY_COUNTS, &st);
+        while (r >= 0 && (r = tsf_sqlite_step(st)) > 0) {
                 int64_t n = sqlite3_column_int64(st, 1);
 
                 *live += (uint64_t)n;
@@ -1925,7 +1557,7 @@ int lic_report_write(struct lic_store *s, FILE *f, enum lic_format format, unsig
                         return -ENOMEM;
         }
 
-        r = read_begin(s, &began);
+        r = tsf_sqlite_read_begin(&s->sql, &began);
         if (r < 0)
                 return r;
         if (what & LIC_REPORT_PACKS)
@@ -1935,7 +1567,7 @@ int lic_report_write(struct lic_store *s, FILE *f, enum lic_format format, unsig
                         fputs(format == LIC_FORMAT_CSV ? "\r\n" : "\n", f);
                 r = report_tokens(&rp, filter, root);
         }
-        read_end(s, began);
+        tsf_sqlite_read_end(&s->sql, began);
         if (r < 0)
                 return r;
 
