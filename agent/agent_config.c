@@ -78,6 +78,13 @@ static const struct tsf_config_item agent_items[] = {
          USEC_PER_SEC, USEC_PER_DAY},
         {"directory", "allow-multiple-sessions", tsf_config_parse_bool,
          OFF(directory.allow_multiple_sessions), 0, 0},
+        {"licensing", "database", tsf_config_parse_path, OFF(licensing.database), 0, 0},
+        {"licensing", "listen", tsf_config_parse_endpoint, OFF(licensing.listen), 0, 0},
+        {"licensing", "certificate", tsf_config_parse_path, OFF(licensing.certificate), 0, 0},
+        {"licensing", "key", tsf_config_parse_path, OFF(licensing.key), 0, 0},
+        {"licensing", "ca", tsf_config_parse_path, OFF(licensing.ca), 0, 0},
+        {"licensing", "socket", tsf_config_parse_path, OFF(licensing.socket), 0, 0},
+        {"licensing", "signing-key", tsf_config_parse_path, OFF(licensing.signing_key), 0, 0},
 };
 
 const struct host_node_config *host_config_find_node(const struct host_config *h, const char *name) {
@@ -367,6 +374,45 @@ static int directory_config_verify(struct tsagent_config *c, char *err, size_t e
         return 0;
 }
 
+static void licensing_config_defaults(struct licensing_config *l) {
+        l->listen = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(7401)};
+}
+
+static void licensing_config_done(struct licensing_config *l) {
+        free(l->database);
+        free(l->certificate);
+        free(l->key);
+        free(l->ca);
+        free(l->socket);
+        free(l->signing_key);
+}
+
+/* As [directory]: defaults under the agent's directories, TLS files all
+ * three or none. */
+static int licensing_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
+        struct licensing_config *l = &c->licensing;
+        int n_tls = !!l->certificate + !!l->key + !!l->ca;
+
+        if (n_tls != 0 && n_tls != 3) {
+                snprintf(err, err_size,
+                         "%s: [licensing] certificate, key and ca go together (give all three)", c->path);
+                return -EINVAL;
+        }
+        if (!l->database && asprintf(&l->database, "%s/licensing.db", c->state_directory) < 0) {
+                l->database = NULL;
+                return -ENOMEM;
+        }
+        if (!l->socket && asprintf(&l->socket, "%s/licensing.sock", c->runtime_directory) < 0) {
+                l->socket = NULL;
+                return -ENOMEM;
+        }
+        if (!l->signing_key && asprintf(&l->signing_key, "%s/license-signing.key", c->state_directory) < 0) {
+                l->signing_key = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
 void tsagent_config_free(struct tsagent_config *c) {
         if (!c)
                 return;
@@ -377,6 +423,7 @@ void tsagent_config_free(struct tsagent_config *c) {
         free(c->runtime_directory);
         host_config_done(&c->host);
         directory_config_done(&c->directory);
+        licensing_config_done(&c->licensing);
         free(c);
 }
 
@@ -398,6 +445,7 @@ int tsagent_config_load(const char *path, struct tsagent_config **ret, char *err
         c->log_level = LOG_INFO;
         host_config_defaults(&c->host);
         directory_config_defaults(&c->directory);
+        licensing_config_defaults(&c->licensing);
         c->path = strdup(path);
         if (!c->path)
                 return -ENOMEM;
@@ -438,6 +486,9 @@ int tsagent_config_load(const char *path, struct tsagent_config **ret, char *err
         if (r < 0)
                 return r;
         r = directory_config_verify(c, err, err_size);
+        if (r < 0)
+                return r;
+        r = licensing_config_verify(c, err, err_size);
         if (r < 0)
                 return r;
 

@@ -94,6 +94,18 @@ struct directory_config {
         bool allow_multiple_sessions; /* false: one session per user */
 };
 
+/* [licensing]: the licensing role, a license server (docs/licensing.md,
+ * "The API"). */
+struct licensing_config {
+        char *database;            /* default: <state-directory>/licensing.db */
+        struct sockaddr_in listen; /* the TLS listener; default 0.0.0.0:7401 */
+        char *certificate;         /* this node's certificate (CN = node-name) */
+        char *key;                 /* its key */
+        char *ca;                  /* the farm CA */
+        char *socket;              /* default: <runtime-directory>/licensing.sock */
+        char *signing_key;         /* Ed25519 PEM; default: <state-directory>/license-signing.key */
+};
+
 struct tsagent_config {
         char *path; /* where it came from, for messages and reload */
 
@@ -107,6 +119,7 @@ struct tsagent_config {
 
         struct host_config host;
         struct directory_config directory;
+        struct licensing_config licensing;
 };
 
 /* The [node NAME] entry for `name`, or NULL. */

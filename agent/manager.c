@@ -9,6 +9,7 @@
 
 #include "agent/directory/directory.h"
 #include "agent/host/host.h"
+#include "agent/licensing/licensing.h"
 #include "manager.h"
 #include "tsfarm/clock.h"
 #include "tsfarm/config.h"
@@ -19,7 +20,7 @@
 static const struct tsagent_role_ops *const role_ops[_TSAGENT_ROLE_MAX] = {
         [TSAGENT_ROLE_HOST] = &host_role_ops,
         [TSAGENT_ROLE_DIRECTORY] = &directory_role_ops,
-        [TSAGENT_ROLE_LICENSING] = NULL,
+        [TSAGENT_ROLE_LICENSING] = &licensing_role_ops,
 };
 
 static void manager_status(struct manager *m) {

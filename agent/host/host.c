@@ -29,13 +29,13 @@
 struct client_user {
         uint32_t addr_be;
         uint64_t user_hash;
-        char user_key[TSF_USER_KEY_SIZE];
+        char user_key[GATEWAY_USER_KEY_MAX];
 };
 
 /* A fast-path connection attributed to a user, until it closes. */
 struct tracked_conn {
         uint64_t cookie;
-        char user_key[TSF_USER_KEY_SIZE];
+        char user_key[GATEWAY_USER_KEY_MAX];
 };
 
 /* A decision waiting for the directory's answer. */

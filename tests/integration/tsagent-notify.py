@@ -3,7 +3,7 @@
 """tsagent as a Type=notify service, without systemd: READY/STATUS on start,
 RELOADING then READY on SIGHUP (a bad file keeps the running config),
 WATCHDOG pings, STOPPING and a clean exit on SIGTERM; refusal of bad
-configurations and of roles this build lacks."""
+configurations and of roles that cannot start."""
 
 import os
 import signal
@@ -69,11 +69,14 @@ check("reload error logged with file, line and key",
 check("debug level applied by the good reload", "debug:" in err, err)
 
 # Refusals at start.
-write_conf("[agent]\nroles = licensing\n")
+# Every role is in this build now; a role that cannot start is refused
+# (here: a licensing database that is not one, the config file itself).
+write_conf(f"[agent]\nroles = licensing\nstate-directory = {work}\nruntime-directory = {work}\n"
+           f"[licensing]\ndatabase = {conf}\n")
 p = run_agent()
 out, err = p.communicate(timeout=10)
-check("a role missing from this build is refused",
-      p.returncode == 1 and "Role 'licensing' is configured but not available" in err, err)
+check("a role that cannot start is refused with its reason",
+      p.returncode == 1 and "is not a license database" in err, err)
 write_conf("[agent]\nroles = hots\n")
 p = subprocess.run([TSAGENT, "--config", conf, "--check-config"], capture_output=True, text=True)
 check("--check-config reports an unknown role",

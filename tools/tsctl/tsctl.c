@@ -279,6 +279,163 @@ static const struct tsctl_option drain_options[] = {
         "Exit status: 0 success, 1 the directory refused (its reason is printed)\n"     \
         "or could not be reached, 2 usage error or failure.\n"
 
+static const struct tsctl_option license_options[] = {
+        {"licensing-socket", "PATH", LICENSE_OPT_SOCKET, "The license server's UNIX socket"},
+        {},
+};
+
+static const struct tsctl_option license_install_options[] = {
+        {"version", "V", LICENSE_OPT_VERSION, "The product version the CALs are for (required)"},
+        {"count", "N", LICENSE_OPT_COUNT, "How many Device CALs, 1..1000000 (required)"},
+        {"licensing-socket", "PATH", LICENSE_OPT_SOCKET, "The license server's UNIX socket"},
+        {},
+};
+
+static const struct tsctl_option license_filter_options[] = {
+        {"state", "S[,S...]", LICENSE_OPT_STATE, "temporary, temporary-validated, active, revoked, expired"},
+        {"device", "NAME", LICENSE_OPT_DEVICE, "Only this device name (exact)"},
+        {"hardware-id", "HEX", LICENSE_OPT_HARDWARE_ID, "Only this hardware id"},
+        {"pack", "ID", LICENSE_OPT_PACK, "Only records of this key pack"},
+        {"licensing-socket", "PATH", LICENSE_OPT_SOCKET, "The license server's UNIX socket"},
+        {},
+};
+
+static const struct tsctl_option license_report_options[] = {
+        {"csv", NULL, LICENSE_OPT_CSV, "CSV (RFC 4180, CRLF) instead of a table"},
+        {"state", "S[,S...]", LICENSE_OPT_STATE, "Only records in these states"},
+        {"device", "NAME", LICENSE_OPT_DEVICE, "Only this device name (exact)"},
+        {"hardware-id", "HEX", LICENSE_OPT_HARDWARE_ID, "Only this hardware id"},
+        {"pack", "ID", LICENSE_OPT_PACK, "Only records of this key pack"},
+        {"licensing-socket", "PATH", LICENSE_OPT_SOCKET, "The license server's UNIX socket"},
+        {},
+};
+
+static const struct tsctl_option license_verify_options[] = {
+        {"trust", "DIR", LICENSE_OPT_TRUST, "Directory of trusted license-server keys (*.pem)"},
+        {"hardware-id", "HEX", LICENSE_OPT_HARDWARE_ID, "The device's hardware id (16..64 bytes)"},
+        {},
+};
+
+/* Said once, shown by every license command that talks to the server. */
+#define LICENSE_HELP_SOCKET                                                             \
+        "Talks to tsagent's licensing role over its UNIX socket: --licensing-socket,\n" \
+        "else $TSFARM_LICENSING_SOCKET, else /run/tsfarm/licensing.sock ([licensing]\n" \
+        "socket in tsagent.conf). The socket admits root only. Times are UTC.\n"        \
+        "Exit status: 0 success, 1 the license server refused (its reason is\n"         \
+        "printed) or could not be reached, 2 usage error or failure.\n"
+
+static const struct tsctl_verb license_verbs[] = {
+        {
+                .name = "install-pack",
+                .synopsis = "ID --version V --count N [--licensing-socket PATH] [--json]",
+                .min_args = 1,
+                .max_args = 1,
+                .fn = verb_license_install_pack,
+                .options = license_install_options,
+                .parse_option = license_parse_option,
+                .summary = "Install a key pack of Device CALs",
+                .help = "Installs key pack ID (1..64 of A-Z a-z 0-9 . - _, unique) of N Device\n"
+                        "CALs for product version V, all available. Terminal servers then get\n"
+                        "Device CALs out of it for devices whose temporary token was validated.\n"
+                        "An id installed already is refused. Prints the pack.\n"
+                        "\n" LICENSE_HELP_SOCKET,
+                .examples = "tsctl license install-pack ACME-2025-001 --version 2025 --count 250\n",
+        },
+        {
+                .name = "packs",
+                .synopsis = "[--licensing-socket PATH] [--json]",
+                .fn = verb_license_packs,
+                .options = license_options,
+                .parse_option = license_parse_option,
+                .summary = "Show the installed key packs",
+                .help = "Shows every key pack: product version, count, available (in the pool),\n"
+                        "issued (active CALs; available + issued = count), revoked and expired\n"
+                        "records, revocations the 20 % / 60-day bound allows now, and when it was\n"
+                        "installed; a total row, and how many temporary tokens are live.\n"
+                        "\n" LICENSE_HELP_SOCKET,
+                .examples = "tsctl license packs\n"
+                            "tsctl license packs --json | jq .totals.available\n",
+        },
+        {
+                .name = "issued",
+                .synopsis = "[--state S[,S...]] [--device NAME] [--hardware-id HEX] [--pack ID] [--json]",
+                .fn = verb_license_issued,
+                .options = license_filter_options,
+                .parse_option = license_parse_option,
+                .summary = "Show the issuance records (temporary tokens and Device CALs)",
+                .help = "Shows the license server's records, oldest issued first: token id, kind\n"
+                        "(temporary, device-cal), state, pack, device name, user name, issued,\n"
+                        "expires and hardware id. Records are never deleted: this is the\n"
+                        "issuance log. Filters combine.\n"
+                        "\n" LICENSE_HELP_SOCKET,
+                .examples =
+                        "tsctl license issued --state active\n"
+                        "tsctl license issued --device PC-0042\n"
+                        "tsctl license issued --json | jq -r '.tokens[] | select(.user_name == \"alice\") | "
+                        ".token_id'\n",
+        },
+        {
+                .name = "report",
+                .synopsis = "[--csv|--json] [--state S[,S...]] [--device NAME] [--pack ID]",
+                .fn = verb_license_report,
+                .options = license_report_options,
+                .parse_option = license_parse_option,
+                .summary = "Print the license report (packs and records)",
+                .help = "Prints the license server's report: the packs with their counts and the\n"
+                        "totals, then the records. A table by default (control characters in\n"
+                        "names escaped), --csv for a spreadsheet (RFC 4180, CRLF line ends, one\n"
+                        "header line per section, an empty line between them, ISO 8601 UTC\n"
+                        "times), --json for scripts. The filters apply to the records.\n"
+                        "\n" LICENSE_HELP_SOCKET,
+                .examples = "tsctl license report\n"
+                            "tsctl license report --csv > licenses-$(date +%F).csv\n"
+                            "tsctl license report --json | jq .totals\n",
+        },
+        {
+                .name = "revoke",
+                .synopsis = "TOKEN_ID [--licensing-socket PATH] [--json]",
+                .min_args = 1,
+                .max_args = 1,
+                .fn = verb_license_revoke,
+                .options = license_options,
+                .parse_option = license_parse_option,
+                .summary = "Return a Device CAL to its pack",
+                .help = "Revokes the active Device CAL TOKEN_ID (32 hex digits, see \"issued\"):\n"
+                        "it goes back to its pack's pool. A pack allows at most 20 % of its\n"
+                        "count (rounded down) revocations in any 60 days; beyond that the\n"
+                        "server refuses and says when the next one becomes possible (never, for\n"
+                        "a pack of fewer than 5: the CAL lapses by itself within 89 days).\n"
+                        "Temporary tokens are not revoked; they lapse.\n"
+                        "\n" LICENSE_HELP_SOCKET,
+                .examples = "tsctl license revoke 5f0c6a1e2b3d4c5e6f708192a3b4c5d6\n",
+        },
+        {
+                .name = "verify",
+                .synopsis = "TOKEN|- --trust DIR --hardware-id HEX [--json]",
+                .min_args = 1,
+                .max_args = 1,
+                .fn = verb_license_verify,
+                .options = license_verify_options,
+                .parse_option = license_parse_option,
+                .summary = "Verify a license token offline, as a terminal server does",
+                .help = "Judges TOKEN (the tsl1. text; \"-\" reads it from standard input) against\n"
+                        "the trusted license-server keys in DIR (every *.pem, as on a terminal\n"
+                        "server) for the device with hardware id HEX, at the current time. The\n"
+                        "verdict is one of ok, malformed, unsupported-version, unknown-issuer,\n"
+                        "bad-signature, other-device, expired (docs/licensing.md). An authentic\n"
+                        "token's content is shown; for an unknown issuer, the key id it claims.\n"
+                        "No license server is needed.\n"
+                        "\n"
+                        "Exit status: 0 the verdict is ok, 1 any other verdict, 2 usage error or\n"
+                        "failure.\n",
+                .examples =
+                        "tsctl license verify \"$TOKEN\" --trust /etc/tsfarm/license-keys --hardware-id "
+                        "00112233445566778899aabbccddeeff\n"
+                        "echo \"$TOKEN\" | tsctl license verify - --trust keys --hardware-id $HWID --json\n",
+        },
+        {},
+};
+
 static const struct tsctl_verb verbs[] = {
         {
                 .name = "decode-cr",
@@ -410,6 +567,24 @@ static const struct tsctl_verb verbs[] = {
                         "Prints the node's row as the directory now has it.\n"
                         "\n" DIRECTORY_HELP_SOCKET,
                 .examples = "tsctl undrain ts2\n",
+        },
+        {
+                .name = "license",
+                .options = license_options,
+                .parse_option = license_parse_option,
+                .sub = license_verbs,
+                .summary = "Manage the license server: key packs, records, report, revoke",
+                .help = "Administers tsagent's licensing role (the license server) over its local\n"
+                        "socket: install key packs of Device CALs, list packs and issuance\n"
+                        "records, print the report, revoke a CAL. \"verify\" checks a token\n"
+                        "offline against trusted keys, like a terminal server.\n"
+                        "(\"diagnose\", which asks the host role's licensing client, comes with\n"
+                        "that client.)\n"
+                        "\n" LICENSE_HELP_SOCKET,
+                .examples = "tsctl license install-pack ACME-2025-001 --version 2025 --count 250\n"
+                            "tsctl license packs\n"
+                            "tsctl license issued --state active\n"
+                            "tsctl license report --csv > licenses.csv\n",
         },
         {
                 .name = "help",

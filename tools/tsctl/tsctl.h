@@ -120,6 +120,27 @@ int verb_sessions(int argc, char *argv[]);
 int verb_drain(int argc, char *argv[]);
 int verb_undrain(int argc, char *argv[]);
 
+/* license.c: the licensing role's API over its UNIX socket, and offline
+ * token verification. */
+enum {
+        LICENSE_OPT_SOCKET = 0x500,
+        LICENSE_OPT_VERSION,
+        LICENSE_OPT_COUNT,
+        LICENSE_OPT_STATE,
+        LICENSE_OPT_DEVICE,
+        LICENSE_OPT_PACK,
+        LICENSE_OPT_HARDWARE_ID,
+        LICENSE_OPT_TRUST,
+        LICENSE_OPT_CSV,
+};
+int license_parse_option(int val, const char *arg);
+int verb_license_install_pack(int argc, char *argv[]);
+int verb_license_packs(int argc, char *argv[]);
+int verb_license_issued(int argc, char *argv[]);
+int verb_license_report(int argc, char *argv[]);
+int verb_license_revoke(int argc, char *argv[]);
+int verb_license_verify(int argc, char *argv[]);
+
 /* ---- output helpers (tsctl.c) ------------------------------------------ */
 
 /* A two-column "key  value" table for human output. Rows are kept until
