@@ -212,6 +212,17 @@ static int config_fallback(void *data, const char *section, const char *key, con
 
 /* Cross-checks that no single key can make: unique ids and addresses,
  * sessions naming known nodes, this node present when it hosts. */
+/* *field, unless set, becomes dir/name. */
+static int default_path(char **field, const char *dir, const char *name) {
+        if (*field)
+                return 0;
+        if (asprintf(field, "%s/%s", dir, name) < 0) {
+                *field = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
 static int host_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
         struct host_config *h = &c->host;
 
@@ -287,11 +298,7 @@ static int host_config_verify(struct tsagent_config *c, char *err, size_t err_si
                 snprintf(err, err_size, "%s: [host] placement = farm needs a directory", c->path);
                 return -EINVAL;
         }
-        if (!h->socket && asprintf(&h->socket, "%s/agent.sock", c->runtime_directory) < 0) {
-                h->socket = NULL;
-                return -ENOMEM;
-        }
-        return 0;
+        return default_path(&h->socket, c->runtime_directory, "agent.sock");
 }
 
 static const struct tsf_config_spec agent_spec = {
@@ -351,27 +358,30 @@ static void directory_config_done(struct directory_config *d) {
         free(d->socket);
 }
 
-/* The paths that default to a place under the agent's directories, and the
- * TLS files, which come all together or not at all (then: only the UNIX
- * socket serves). */
-static int directory_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
-        struct directory_config *d = &c->directory;
-        int n_tls = !!d->certificate + !!d->key + !!d->ca;
+/* A serving role's TLS files come all together or not at all (then only
+ * its UNIX socket serves). */
+static int verify_tls_trio(const struct tsagent_config *c, const char *section, const char *certificate,
+                           const char *key, const char *ca, char *err, size_t err_size) {
+        int n_tls = !!certificate + !!key + !!ca;
 
         if (n_tls != 0 && n_tls != 3) {
-                snprintf(err, err_size,
-                         "%s: [directory] certificate, key and ca go together (give all three)", c->path);
+                snprintf(err, err_size, "%s: [%s] certificate, key and ca go together (give all three)",
+                         c->path, section);
                 return -EINVAL;
         }
-        if (!d->database && asprintf(&d->database, "%s/directory.db", c->state_directory) < 0) {
-                d->database = NULL;
-                return -ENOMEM;
-        }
-        if (!d->socket && asprintf(&d->socket, "%s/directory.sock", c->runtime_directory) < 0) {
-                d->socket = NULL;
-                return -ENOMEM;
-        }
         return 0;
+}
+
+static int directory_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
+        struct directory_config *d = &c->directory;
+        int r;
+
+        r = verify_tls_trio(c, "directory", d->certificate, d->key, d->ca, err, err_size);
+        if (r >= 0)
+                r = default_path(&d->database, c->state_directory, "directory.db");
+        if (r >= 0)
+                r = default_path(&d->socket, c->runtime_directory, "directory.sock");
+        return r;
 }
 
 static void licensing_config_defaults(struct licensing_config *l) {
@@ -387,30 +397,18 @@ static void licensing_config_done(struct licensing_config *l) {
         free(l->signing_key);
 }
 
-/* As [directory]: defaults under the agent's directories, TLS files all
- * three or none. */
 static int licensing_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
         struct licensing_config *l = &c->licensing;
-        int n_tls = !!l->certificate + !!l->key + !!l->ca;
+        int r;
 
-        if (n_tls != 0 && n_tls != 3) {
-                snprintf(err, err_size,
-                         "%s: [licensing] certificate, key and ca go together (give all three)", c->path);
-                return -EINVAL;
-        }
-        if (!l->database && asprintf(&l->database, "%s/licensing.db", c->state_directory) < 0) {
-                l->database = NULL;
-                return -ENOMEM;
-        }
-        if (!l->socket && asprintf(&l->socket, "%s/licensing.sock", c->runtime_directory) < 0) {
-                l->socket = NULL;
-                return -ENOMEM;
-        }
-        if (!l->signing_key && asprintf(&l->signing_key, "%s/license-signing.key", c->state_directory) < 0) {
-                l->signing_key = NULL;
-                return -ENOMEM;
-        }
-        return 0;
+        r = verify_tls_trio(c, "licensing", l->certificate, l->key, l->ca, err, err_size);
+        if (r >= 0)
+                r = default_path(&l->database, c->state_directory, "licensing.db");
+        if (r >= 0)
+                r = default_path(&l->socket, c->runtime_directory, "licensing.sock");
+        if (r >= 0)
+                r = default_path(&l->signing_key, c->state_directory, "license-signing.key");
+        return r;
 }
 
 void tsagent_config_free(struct tsagent_config *c) {

@@ -135,6 +135,12 @@ static void test_host_section(void **state) {
         assert_int_equal(c->host.directory_query_timeout, 250 * USEC_PER_MSEC);
         assert_int_equal(c->host.sessions_max, 2000000);
         assert_string_equal(c->host.socket, "/run/x/agent.sock");
+        /* The serving roles' paths default under the agent's directories. */
+        assert_string_equal(c->licensing.socket, "/run/x/licensing.sock");
+        assert_string_equal(c->licensing.database, "/var/lib/tsfarm/licensing.db");
+        assert_string_equal(c->licensing.signing_key, "/var/lib/tsfarm/license-signing.key");
+        assert_int_equal(ntohs(c->licensing.listen.sin_port), 7401);
+        assert_string_equal(c->directory.socket, "/run/x/directory.sock");
         tsagent_config_free(c);
 }
 
@@ -165,6 +171,8 @@ static void test_host_cross_checks(void **state) {
                 {"[host]\ndirectory = https://\n", "is not an https://ADDR:PORT URL"},
                 {"[host]\ndirectory = https://10.0.0.1:7400\ncertificate = /c.crt\nkey = /c.key\n",
                  "[host] directory needs certificate, key and ca"},
+                {"[licensing]\ncertificate = /c\n", "[licensing] certificate, key and ca go together"},
+                {"[directory]\nkey = /k\n", "[directory] certificate, key and ca go together"},
                 {"[host]\nplacement = nearest\n", "[host] placement: 'nearest' is neither farm nor local"},
                 {"[host]\nplacement = farm\n", "[host] placement = farm needs a directory"},
                 {"[host]\nsessions-max = 10\n", "sessions-max"},
