@@ -49,6 +49,8 @@ endif
 PKGS := libsystemd inih jansson libbpf libnl-3.0 libnl-route-3.0 libmicrohttpd libcurl openssl gnutls sqlite3
 PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+# libresolv has no .pc file: DNS SRV parsing (ns_initparse) for lib/licdiscovery.c.
+PKG_LIBS += -lresolv
 
 # Build variants: normal, asan (unit tests), fuzz (libFuzzer, clang).
 VARIANT ?= normal
@@ -82,6 +84,7 @@ unit-bins := $(addprefix $(O)/,$(unit-y))
 bpftest-bins := $(addprefix $(O)/,$(bpftest-y))
 fuzz-bins := $(addprefix $(O)/,$(fuzz-y))
 bench-bins := $(addprefix $(O)/,$(bench-y))
+helper-bins := $(addprefix $(O)/,$(helper-y))
 LIBTSFARM := $(O)/libtsfarm.a
 BINARIES := $(O)/tsagent $(O)/tsctl
 
@@ -89,7 +92,7 @@ BINARIES := $(O)/tsagent $(O)/tsctl
 test-extra = $(addprefix $(O)/,$($(patsubst $(O)/%,%,$(1))-y))
 
 .PHONY: all
-all: $(BINARIES) $(bpf-objs)
+all: $(BINARIES) $(bpf-objs) $(helper-bins)
 
 # ---- compile ---------------------------------------------------------------
 
@@ -119,8 +122,8 @@ $(unit-bins) $(bpftest-bins): %: %.o $$(call test-extra,$$@) $(LIBTSFARM)
 	$(say) LINK "$@"
 	$(Q)$(CC) $(LDFLAGS_ALL) $^ $(PKG_LIBS) -lcmocka -o $@
 
-# Benchmarks: the normal variant (-O2), no sanitizers, no cmocka.
-$(bench-bins): %: %.o $$(call test-extra,$$@) $(LIBTSFARM)
+# Benchmarks and test helpers: the normal variant (-O2), no sanitizers, no cmocka.
+$(bench-bins) $(helper-bins): %: %.o $$(call test-extra,$$@) $(LIBTSFARM)
 	$(say) LINK "$@"
 	$(Q)$(CC) $(LDFLAGS_ALL) $^ $(PKG_LIBS) -o $@
 
@@ -232,4 +235,4 @@ format:
 	$(Q)git ls-files '*.c' '*.h' | xargs clang-format -i
 
 -include $(patsubst %.o,%.d,$(lib-objs) $(tsagent-objs) $(tsctl-objs) $(bpf-objs)) \
-	$(addsuffix .d,$(unit-bins) $(bpftest-bins) $(fuzz-bins) $(bench-bins))
+	$(addsuffix .d,$(unit-bins) $(bpftest-bins) $(fuzz-bins) $(bench-bins) $(helper-bins))
