@@ -51,66 +51,14 @@ int directory_parse_option(int val, const char *arg) {
         return -EINVAL;
 }
 
-static const char *directory_socket(void) {
-        const char *e;
+static const struct tsctl_role role = {"the directory", "directory", "--directory-socket"};
 
-        if (arg_directory_socket)
-                return arg_directory_socket;
-        e = getenv("TSFARM_DIRECTORY_SOCKET");
-        return e && *e ? e : DIRECTORY_SOCKET_DEFAULT;
+static const char *directory_socket(void) {
+        return tsctl_socket_path(arg_directory_socket, "TSFARM_DIRECTORY_SOCKET", DIRECTORY_SOCKET_DEFAULT);
 }
 
-/* One call to the directory. Returns 0 with the 2xx answer in *ret_reply,
- * or TSCTL_EXIT_NEGATIVE after printing why: the directory's refusal (its
- * reason), an unusable answer, or that it could not be reached (naming the
- * socket, since a wrong path is the usual cause); or a negative errno
- * (logged) when tsctl itself failed. */
 static int directory_call(const char *method, const char *path, json_t *in, json_t **ret_reply) {
-        _cleanup_(tsf_api_client_freep) struct tsf_api_client *c = NULL;
-        _cleanup_json_ json_t *reply = NULL;
-        struct tsf_api_client_config config = {.unix_path = directory_socket()};
-        char url[256];
-        long status = 0;
-        int r;
-
-        r = tsf_api_client_new(&config, &c);
-        if (r < 0)
-                return log_error_errno(r, "Failed to set up an API client: %m");
-        snprintf(url, sizeof(url), "http://localhost%s", path);
-        r = tsf_api_client_call(c, method, url, in, &status, &reply);
-        if (r == -EBADMSG || r == -EFBIG) {
-                /* Reached, but the answer is unusable: not a socket problem. */
-                log_error("the directory at %s gave an unusable answer to %s %s: %s", config.unix_path,
-                          method, path, tsf_api_client_error(c));
-                return TSCTL_EXIT_NEGATIVE;
-        }
-        if (r < 0) {
-                /* The errno, not libcurl's text: that names "localhost port
-                 * 80", the URL's placeholder host, not the socket. */
-                log_error("cannot reach the directory at %s: %s (is tsagent running with the directory "
-                          "role? see --directory-socket)",
-                          config.unix_path, strerror(-r));
-                log_debug("API client: %s", tsf_api_client_error(c));
-                return TSCTL_EXIT_NEGATIVE;
-        }
-        if (status < 200 || status > 299) {
-                const char *reason = json_string_value(json_object_get(reply, "reason"));
-
-                /* Escaped: the reason can quote what we sent (a node name). */
-                _cleanup_free_ char *text = reason ? tsctl_escape(reason, strlen(reason)) : NULL;
-
-                if (text)
-                        log_error("%s", text);
-                else
-                        log_error("the directory answered %s %s with HTTP status %ld", method, path, status);
-                return TSCTL_EXIT_NEGATIVE;
-        }
-        if (!json_is_object(reply)) {
-                log_error("the directory's answer to %s %s is not a JSON object", method, path);
-                return TSCTL_EXIT_NEGATIVE;
-        }
-        *ret_reply = TAKE_PTR(reply);
-        return 0;
+        return tsctl_role_call(&role, directory_socket(), method, path, in, ret_reply);
 }
 
 /* Wall-clock microseconds as "2026-01-31 12:00:00 UTC"; 0 (never) as "-".

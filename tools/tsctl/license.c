@@ -87,65 +87,14 @@ int license_parse_option(int val, const char *arg) {
         return -EINVAL;
 }
 
-static const char *licensing_socket(void) {
-        const char *e;
+static const struct tsctl_role role = {"the license server", "licensing", "--licensing-socket"};
 
-        if (arg_socket)
-                return arg_socket;
-        e = getenv("TSFARM_LICENSING_SOCKET");
-        return e && *e ? e : LICENSING_SOCKET_DEFAULT;
+static const char *licensing_socket(void) {
+        return tsctl_socket_path(arg_socket, "TSFARM_LICENSING_SOCKET", LICENSING_SOCKET_DEFAULT);
 }
 
-/* One call to the license server. Returns 0 with the 2xx answer in
- * *ret_reply, TSCTL_EXIT_NEGATIVE after printing why it refused (its
- * reason) or could not be reached (naming the socket), or a negative errno
- * (logged) when tsctl itself failed. */
 static int licensing_call(const char *method, const char *path, json_t *in, json_t **ret_reply) {
-        _cleanup_(tsf_api_client_freep) struct tsf_api_client *c = NULL;
-        _cleanup_json_ json_t *reply = NULL;
-        struct tsf_api_client_config config = {.unix_path = licensing_socket()};
-        _cleanup_free_ char *url = NULL;
-        long status = 0;
-        int r;
-
-        r = tsf_api_client_new(&config, &c);
-        if (r < 0)
-                return log_error_errno(r, "Failed to set up an API client: %m");
-        if (asprintf(&url, "http://localhost%s", path) < 0)
-                return log_oom();
-        r = tsf_api_client_call(c, method, url, in, &status, &reply);
-        if (r == -EBADMSG || r == -EFBIG) {
-                log_error("the license server at %s gave an unusable answer to %s %s: %s", config.unix_path,
-                          method, path, tsf_api_client_error(c));
-                return TSCTL_EXIT_NEGATIVE;
-        }
-        if (r < 0) {
-                /* The errno, not libcurl's text, which names the URL's
-                 * placeholder host rather than the socket. */
-                log_error("cannot reach the license server at %s: %s (is tsagent running with the licensing "
-                          "role? see --licensing-socket)",
-                          config.unix_path, strerror(-r));
-                log_debug("API client: %s", tsf_api_client_error(c));
-                return TSCTL_EXIT_NEGATIVE;
-        }
-        if (status < 200 || status > 299) {
-                const char *reason = json_string_value(json_object_get(reply, "reason"));
-                /* Escaped: the reason can quote what we sent. */
-                _cleanup_free_ char *text = reason ? tsctl_escape(reason, strlen(reason)) : NULL;
-
-                if (text)
-                        log_error("%s", text);
-                else
-                        log_error("the license server answered %s %s with HTTP status %ld", method, path,
-                                  status);
-                return TSCTL_EXIT_NEGATIVE;
-        }
-        if (!json_is_object(reply)) {
-                log_error("the license server's answer to %s %s is not a JSON object", method, path);
-                return TSCTL_EXIT_NEGATIVE;
-        }
-        *ret_reply = TAKE_PTR(reply);
-        return 0;
+        return tsctl_role_call(&role, licensing_socket(), method, path, in, ret_reply);
 }
 
 /* Appends "&key=value" (or "?key=value" first), value percent-encoded. */

@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "bpf/abi/tsfarm_abi.h"
+#include "tsfarm/api.h"
 #include "tsfarm/cleanup.h"
 #include "tsfarm/log.h"
 #include "tsfarm/macro.h"
@@ -1181,5 +1182,65 @@ int tsctl_json_print(json_t *v) {
         if (json_dumpf(v, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0)
                 return log_error_errno(-EIO, "Failed to write JSON output.");
         fputc('\n', stdout);
+        return 0;
+}
+
+/* ---- calls to an agent role over its UNIX socket --------------------------- */
+
+const char *tsctl_socket_path(const char *arg, const char *env, const char *fallback) {
+        const char *e;
+
+        if (arg)
+                return arg;
+        e = getenv(env);
+        return e && *e ? e : fallback;
+}
+
+int tsctl_role_call(const struct tsctl_role *role, const char *socket, const char *method, const char *path,
+                    json_t *in, json_t **ret_reply) {
+        _cleanup_(tsf_api_client_freep) struct tsf_api_client *c = NULL;
+        _cleanup_(json_decrefp) json_t *reply = NULL;
+        struct tsf_api_client_config config = {.unix_path = socket};
+        _cleanup_free_ char *url = NULL;
+        long status = 0;
+        int r;
+
+        r = tsf_api_client_new(&config, &c);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up an API client: %m");
+        if (asprintf(&url, "http://localhost%s", path) < 0)
+                return log_oom();
+        r = tsf_api_client_call(c, method, url, in, &status, &reply);
+        if (r == -EBADMSG || r == -EFBIG) {
+                /* Reached, but the answer is unusable: not a socket problem. */
+                log_error("%s at %s gave an unusable answer to %s %s: %s", role->what, socket, method, path,
+                          tsf_api_client_error(c));
+                return TSCTL_EXIT_NEGATIVE;
+        }
+        if (r < 0) {
+                /* The errno, not libcurl's text: that names "localhost port
+                 * 80", the URL's placeholder host, not the socket. */
+                log_error("cannot reach %s at %s: %s (is tsagent running with the %s role? see %s)",
+                          role->what, socket, strerror(-r), role->role, role->option);
+                log_debug("API client: %s", tsf_api_client_error(c));
+                return TSCTL_EXIT_NEGATIVE;
+        }
+        if (status < 200 || status > 299) {
+                const char *reason = json_string_value(json_object_get(reply, "reason"));
+                /* Escaped: the reason can quote what we sent (a node name). */
+                _cleanup_free_ char *text = reason ? tsctl_escape(reason, strlen(reason)) : NULL;
+
+                if (text)
+                        log_error("%s", text);
+                else
+                        log_error("%s answered %s %s with HTTP status %ld", role->what, method, path,
+                                  status);
+                return TSCTL_EXIT_NEGATIVE;
+        }
+        if (!json_is_object(reply)) {
+                log_error("%s's answer to %s %s is not a JSON object", role->what, method, path);
+                return TSCTL_EXIT_NEGATIVE;
+        }
+        *ret_reply = TAKE_PTR(reply);
         return 0;
 }

@@ -164,6 +164,24 @@ int tsctl_table_print(const struct tsctl_table *t, FILE *f);
  * NULL (out of memory). */
 char *tsctl_escape(const char *s, size_t len);
 
+/* An agent role tsctl talks to over its UNIX socket, for messages. */
+struct tsctl_role {
+        const char *what;   /* "the directory" */
+        const char *role;   /* "directory": the role to run */
+        const char *option; /* "--directory-socket": how to point elsewhere */
+};
+
+/* The socket: the option's value, else $env, else the default. */
+const char *tsctl_socket_path(const char *arg, const char *env, const char *fallback);
+
+/* One call to a role. Returns 0 with the 2xx JSON object in *ret_reply,
+ * or TSCTL_EXIT_NEGATIVE after printing why: the role's refusal (its
+ * reason, escaped), an unusable answer, or that it could not be reached
+ * (naming the socket, since a wrong path is the usual cause); or a
+ * negative errno (logged) when tsctl itself failed. */
+int tsctl_role_call(const struct tsctl_role *role, const char *socket, const char *method, const char *path,
+                    json_t *in, json_t **ret_reply);
+
 /* Whether s[0..len) is valid UTF-8 (what jansson accepts in a string). */
 bool tsctl_utf8_valid(const char *s, size_t len);
 
