@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <jansson.h>
 
@@ -28,12 +27,6 @@
 
 static const char *arg_directory_socket = NULL;
 static bool arg_until_restart = false;
-
-/* tsctl_escape() fails only when out of memory; a cell then reads "?"
- * rather than failing the whole listing. */
-static const char *strna(const char *s) {
-        return s ? s : "?";
-}
 
 int directory_parse_option(int val, const char *arg) {
         switch (val) {
@@ -61,27 +54,6 @@ static int directory_call(const char *method, const char *path, json_t *in, json
         return tsctl_role_call(&role, directory_socket(), method, path, in, ret_reply);
 }
 
-/* Wall-clock microseconds as "2026-01-31 12:00:00 UTC"; 0 (never) as "-".
- * UTC because the farm's nodes may sit in different time zones. */
-static void format_usec(json_t *v, char *buf, size_t size) {
-        json_int_t usec = json_integer_value(v);
-        time_t t = (time_t)(usec / 1000000);
-        struct tm tm;
-
-        if (usec <= 0 || !gmtime_r(&t, &tm) || strftime(buf, size, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
-                snprintf(buf, size, "-");
-}
-
-/* A string field for a terminal: escaped, since users, devices and node
- * names come from the wire; "-" when missing or empty. */
-static char *text_field(json_t *o, const char *key) {
-        const char *s = json_string_value(json_object_get(o, key));
-
-        if (!s || !*s)
-                s = "-";
-        return tsctl_escape(s, strlen(s));
-}
-
 static int print_json_list(const char *name, json_t *array) {
         _cleanup_json_ json_t *o = json_object();
 
@@ -98,7 +70,7 @@ static const struct column node_cols[] = {
 };
 
 static void node_add_row(struct columns *t, json_t *n) {
-        _cleanup_free_ char *name = text_field(n, "name"), *drain = text_field(n, "drain");
+        _cleanup_free_ char *name = tsctl_text_field(n, "name"), *drain = tsctl_text_field(n, "drain");
         char addresses[512] = "", heartbeat[64];
         size_t used = 0;
         json_int_t limit = json_integer_value(json_object_get(n, "session_limit"));
@@ -116,11 +88,11 @@ static void node_add_row(struct columns *t, json_t *n) {
                         used += (size_t)snprintf(addresses + used, sizeof(addresses) - used, "%s%s",
                                                  used ? "," : "", s);
         }
-        format_usec(json_object_get(n, "last_heartbeat_usec"), heartbeat, sizeof(heartbeat));
+        tsctl_format_usec(json_object_get(n, "last_heartbeat_usec"), heartbeat, sizeof(heartbeat));
 
-        columns_add(t, "%s", strna(name));
+        columns_add(t, "%s", tsctl_strna(name));
         columns_add(t, "%s", json_is_true(json_object_get(n, "up")) ? "up" : "down");
-        columns_add(t, "%s", strna(drain));
+        columns_add(t, "%s", tsctl_strna(drain));
         columns_add(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(n, "weight")));
         columns_add(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(n, "sessions")));
         /* 0 is "no limit" in the directory. */
@@ -171,19 +143,19 @@ static const struct column session_cols[] = {
 };
 
 static void session_add_row(struct columns *t, json_t *s) {
-        _cleanup_free_ char *user = text_field(s, "user"), *node = text_field(s, "node"),
-                            *state = text_field(s, "state"), *device = text_field(s, "device"),
-                            *client = text_field(s, "client_address");
+        _cleanup_free_ char *user = tsctl_text_field(s, "user"), *node = tsctl_text_field(s, "node"),
+                            *state = tsctl_text_field(s, "state"), *device = tsctl_text_field(s, "device"),
+                            *client = tsctl_text_field(s, "client_address");
         char logon[64], changed[64];
 
-        format_usec(json_object_get(s, "logon_time_usec"), logon, sizeof(logon));
-        format_usec(json_object_get(s, "state_time_usec"), changed, sizeof(changed));
-        columns_add(t, "%s", strna(user));
-        columns_add(t, "%s", strna(node));
+        tsctl_format_usec(json_object_get(s, "logon_time_usec"), logon, sizeof(logon));
+        tsctl_format_usec(json_object_get(s, "state_time_usec"), changed, sizeof(changed));
+        columns_add(t, "%s", tsctl_strna(user));
+        columns_add(t, "%s", tsctl_strna(node));
         columns_add(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(s, "session_id")));
-        columns_add(t, "%s", strna(state));
-        columns_add(t, "%s", strna(device));
-        columns_add(t, "%s", strna(client));
+        columns_add(t, "%s", tsctl_strna(state));
+        columns_add(t, "%s", tsctl_strna(device));
+        columns_add(t, "%s", tsctl_strna(client));
         columns_add(t, "%s", logon);
         columns_add(t, "%s", changed);
 }

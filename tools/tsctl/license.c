@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <jansson.h>
 
@@ -43,10 +42,6 @@ static const char *arg_pack = NULL;
 static const char *arg_hardware_id = NULL;
 static const char *arg_trust = NULL;
 static bool arg_csv = false;
-
-static const char *strna(const char *s) {
-        return s ? s : "?";
-}
 
 int license_parse_option(int val, const char *arg) {
         switch (val) {
@@ -127,25 +122,6 @@ static int query_add(char **url, const char *key, const char *value) {
         return 0;
 }
 
-/* Wall-clock µs as "2026-01-31 12:00:00 UTC" (as `tsctl sessions`). */
-static void format_usec(json_t *v, char *buf, size_t size) {
-        json_int_t usec = json_integer_value(v);
-        time_t t = (time_t)(usec / 1000000);
-        struct tm tm;
-
-        if (usec <= 0 || !gmtime_r(&t, &tm) || strftime(buf, size, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
-                snprintf(buf, size, "-");
-}
-
-/* A string field for a terminal: escaped, "-" when missing or empty. */
-static char *text_field(json_t *o, const char *key) {
-        const char *s = json_string_value(json_object_get(o, key));
-
-        if (!s || !*s)
-                s = "-";
-        return tsctl_escape(s, strlen(s));
-}
-
 static json_int_t int_field(json_t *o, const char *key) {
         return json_integer_value(json_object_get(o, key));
 }
@@ -158,12 +134,13 @@ static const struct column pack_cols[] = {
 };
 
 static void pack_add_row(struct columns *t, json_t *p) {
-        _cleanup_free_ char *id = text_field(p, "id"), *version = text_field(p, "product_version");
+        _cleanup_free_ char *id = tsctl_text_field(p, "id"),
+                            *version = tsctl_text_field(p, "product_version");
         char installed[64];
 
-        format_usec(json_object_get(p, "installed_usec"), installed, sizeof(installed));
-        columns_add(t, "%s", strna(id));
-        columns_add(t, "%s", strna(version));
+        tsctl_format_usec(json_object_get(p, "installed_usec"), installed, sizeof(installed));
+        columns_add(t, "%s", tsctl_strna(id));
+        columns_add(t, "%s", tsctl_strna(version));
         columns_add(t, "%" JSON_INTEGER_FORMAT, int_field(p, "count"));
         columns_add(t, "%" JSON_INTEGER_FORMAT, int_field(p, "available"));
         columns_add(t, "%" JSON_INTEGER_FORMAT, int_field(p, "issued"));
@@ -249,23 +226,24 @@ static const struct column token_cols[] = {
 };
 
 static void token_add_row(struct columns *t, json_t *k) {
-        _cleanup_free_ char *id = text_field(k, "token_id"), *kind = text_field(k, "kind"),
-                            *state = text_field(k, "state"), *pack = text_field(k, "pack_id"),
-                            *device = text_field(k, "device_name"), *user = text_field(k, "user_name"),
-                            *hwid = text_field(k, "hardware_id");
+        _cleanup_free_ char *id = tsctl_text_field(k, "token_id"), *kind = tsctl_text_field(k, "kind"),
+                            *state = tsctl_text_field(k, "state"), *pack = tsctl_text_field(k, "pack_id"),
+                            *device = tsctl_text_field(k, "device_name"),
+                            *user = tsctl_text_field(k, "user_name"),
+                            *hwid = tsctl_text_field(k, "hardware_id");
         char issued[64], expires[64];
 
-        format_usec(json_object_get(k, "issued_usec"), issued, sizeof(issued));
-        format_usec(json_object_get(k, "expires_usec"), expires, sizeof(expires));
-        columns_add(t, "%s", strna(id));
-        columns_add(t, "%s", strna(kind));
-        columns_add(t, "%s", strna(state));
-        columns_add(t, "%s", strna(pack));
-        columns_add(t, "%s", strna(device));
-        columns_add(t, "%s", strna(user));
+        tsctl_format_usec(json_object_get(k, "issued_usec"), issued, sizeof(issued));
+        tsctl_format_usec(json_object_get(k, "expires_usec"), expires, sizeof(expires));
+        columns_add(t, "%s", tsctl_strna(id));
+        columns_add(t, "%s", tsctl_strna(kind));
+        columns_add(t, "%s", tsctl_strna(state));
+        columns_add(t, "%s", tsctl_strna(pack));
+        columns_add(t, "%s", tsctl_strna(device));
+        columns_add(t, "%s", tsctl_strna(user));
         columns_add(t, "%s", issued);
         columns_add(t, "%s", expires);
-        columns_add(t, "%s", strna(hwid));
+        columns_add(t, "%s", tsctl_strna(hwid));
 }
 
 /* The filter options, as the query of /v1/issued and /v1/report. */
@@ -363,11 +341,11 @@ int verb_license_revoke(int argc, char *argv[]) {
                 return r;
         if (arg_json)
                 return tsctl_json_print(reply);
-        pack = text_field(reply, "pack");
-        device = text_field(reply, "device_name");
+        pack = tsctl_text_field(reply, "pack");
+        device = tsctl_text_field(reply, "device_name");
         printf("Revoked Device CAL %s of device %s; pack %s has %" JSON_INTEGER_FORMAT
                " of %" JSON_INTEGER_FORMAT " available.\n",
-               argv[0], strna(device), strna(pack), int_field(reply, "available"),
+               argv[0], tsctl_strna(device), tsctl_strna(pack), int_field(reply, "available"),
                int_field(reply, "count"));
         return 0;
 }

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -1183,6 +1184,25 @@ int tsctl_json_print(json_t *v) {
                 return log_error_errno(-EIO, "Failed to write JSON output.");
         fputc('\n', stdout);
         return 0;
+}
+
+/* ---- fields of the roles' JSON answers -------------------------------------- */
+
+void tsctl_format_usec(json_t *v, char *buf, size_t size) {
+        json_int_t usec = json_integer_value(v);
+        time_t t = (time_t)(usec / 1000000);
+        struct tm tm;
+
+        if (usec <= 0 || !gmtime_r(&t, &tm) || strftime(buf, size, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+                snprintf(buf, size, "-");
+}
+
+char *tsctl_text_field(json_t *o, const char *key) {
+        const char *s = json_string_value(json_object_get(o, key));
+
+        if (!s || !*s)
+                s = "-";
+        return tsctl_escape(s, strlen(s));
 }
 
 /* ---- calls to an agent role over its UNIX socket --------------------------- */

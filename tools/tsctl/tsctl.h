@@ -164,6 +164,21 @@ int tsctl_table_print(const struct tsctl_table *t, FILE *f);
  * NULL (out of memory). */
 char *tsctl_escape(const char *s, size_t len);
 
+/* tsctl_escape() fails only when out of memory; a cell then reads "?"
+ * rather than failing the whole listing. */
+static inline const char *tsctl_strna(const char *s) {
+        return s ? s : "?";
+}
+
+/* Wall-clock microseconds (a JSON integer) as "2026-01-31 12:00:00 UTC";
+ * 0 (never) as "-". UTC because the farm's nodes may sit in different
+ * time zones. */
+void tsctl_format_usec(json_t *v, char *buf, size_t size);
+
+/* A string field for a terminal: escaped, since users, devices and node
+ * names come from the wire; "-" when missing or empty. NULL: out of memory. */
+char *tsctl_text_field(json_t *o, const char *key);
+
 /* An agent role tsctl talks to over its UNIX socket, for messages. */
 struct tsctl_role {
         const char *what;   /* "the directory" */
