@@ -169,23 +169,42 @@ static int exec_tx(struct tsf_sqlite *q, size_t k) {
         return exec_stmt(q, q->spec->n_stmts + k);
 }
 
-int tsf_sqlite_run(struct tsf_sqlite *q, unsigned id, const char *fmt, ...) {
+int tsf_sqlite_query_va(struct tsf_sqlite *q, unsigned id, sqlite3_stmt **ret, const char *fmt, va_list ap) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        va_list ap;
         int r;
 
         r = tsf_sqlite_stmt(q, id, &st);
         if (r < 0)
                 return r;
-        va_start(ap, fmt);
         r = tsf_sqlite_bind_va(st, fmt, ap);
-        va_end(ap);
         if (r < 0)
                 return r;
         r = tsf_sqlite_step(st);
         if (r < 0)
                 return r;
-        return sqlite3_changes(q->db);
+        *ret = TAKE_PTR(st);
+        return r;
+}
+
+int tsf_sqlite_query(struct tsf_sqlite *q, unsigned id, sqlite3_stmt **ret, const char *fmt, ...) {
+        va_list ap;
+        int r;
+
+        va_start(ap, fmt);
+        r = tsf_sqlite_query_va(q, id, ret, fmt, ap);
+        va_end(ap);
+        return r;
+}
+
+int tsf_sqlite_run(struct tsf_sqlite *q, unsigned id, const char *fmt, ...) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        va_list ap;
+        int r;
+
+        va_start(ap, fmt);
+        r = tsf_sqlite_query_va(q, id, &st, fmt, ap);
+        va_end(ap);
+        return r < 0 ? r : sqlite3_changes(q->db);
 }
 
 void tsf_sqlite_copy_text(sqlite3_stmt *st, int col, char *buf, size_t size) {

@@ -307,16 +307,8 @@ static void tx_abortp(struct dir_store **s) {
 }
 
 static int meta_write_revision(struct dir_store *s) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int r;
+        int r = tsf_sqlite_run(&s->sql, ST_META_SET_REVISION, "i", (int64_t)s->revision);
 
-        r = tsf_sqlite_stmt(&s->sql, ST_META_SET_REVISION, &st);
-        if (r < 0)
-                return r;
-        r = tsf_sqlite_bind(st, "i", (int64_t)s->revision);
-        if (r < 0)
-                return r;
-        r = tsf_sqlite_step(st);
         return r < 0 ? r : 0;
 }
 
@@ -545,13 +537,7 @@ static int node_lookup(struct dir_store *s, const char *name, int64_t *ret_id, s
         struct dir_node dummy;
         int r;
 
-        r = tsf_sqlite_stmt(&s->sql, ST_NODE_BY_NAME, &st);
-        if (r < 0)
-                return r;
-        r = tsf_sqlite_bind(st, "t", name);
-        if (r < 0)
-                return r;
-        r = tsf_sqlite_step(st);
+        r = tsf_sqlite_query(&s->sql, ST_NODE_BY_NAME, &st, "t", name);
         if (r <= 0)
                 return r < 0 ? r : -ENOENT;
         row_to_node(st, ret_id, ret ?: &dummy);
@@ -563,13 +549,7 @@ static int session_lookup(struct dir_store *s, int64_t node_id, uint32_t node_se
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int r;
 
-        r = tsf_sqlite_stmt(&s->sql, ST_SESSION_BY_NODE, &st);
-        if (r < 0)
-                return r;
-        r = tsf_sqlite_bind(st, "ii", node_id, (int64_t)node_session);
-        if (r < 0)
-                return r;
-        r = tsf_sqlite_step(st);
+        r = tsf_sqlite_query(&s->sql, ST_SESSION_BY_NODE, &st, "ii", node_id, (int64_t)node_session);
         if (r <= 0)
                 return r < 0 ? r : -ENOENT;
         row_to_session(st, ret);

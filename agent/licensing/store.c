@@ -200,15 +200,9 @@ static int query_int(struct lic_store *s, enum stmt id, int64_t *ret, const char
         va_list ap;
         int r;
 
-        r = tsf_sqlite_stmt(&s->sql, id, &st);
-        if (r < 0)
-                return r;
         va_start(ap, fmt);
-        r = tsf_sqlite_bind_va(st, fmt, ap);
+        r = tsf_sqlite_query_va(&s->sql, id, &st, fmt, ap);
         va_end(ap);
-        if (r < 0)
-                return r;
-        r = tsf_sqlite_step(st);
         if (r <= 0)
                 return r < 0 ? r : -ENOENT;
         *ret = sqlite3_column_int64(st, 0);
@@ -451,15 +445,9 @@ static int token_query(struct lic_store *s, enum stmt id, struct lic_token *ret,
         va_list ap;
         int r;
 
-        r = tsf_sqlite_stmt(&s->sql, id, &st);
-        if (r < 0)
-                return r;
         va_start(ap, fmt);
-        r = tsf_sqlite_bind_va(st, fmt, ap);
+        r = tsf_sqlite_query_va(&s->sql, id, &st, fmt, ap);
         va_end(ap);
-        if (r < 0)
-                return r;
-        r = tsf_sqlite_step(st);
         if (r <= 0)
                 return r < 0 ? r : -ENOENT;
         row_to_token(st, ret);
@@ -474,13 +462,7 @@ static int pack_lookup(struct lic_store *s, const char *id, usec_t now, struct l
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int r;
 
-        r = tsf_sqlite_stmt(&s->sql, ST_PACK_GET, &st);
-        if (r < 0)
-                return r;
-        r = tsf_sqlite_bind(st, "it", (int64_t)(now - LIC_REVOKE_WINDOW), id);
-        if (r < 0)
-                return r;
-        r = tsf_sqlite_step(st);
+        r = tsf_sqlite_query(&s->sql, ST_PACK_GET, &st, "it", (int64_t)(now - LIC_REVOKE_WINDOW), id);
         if (r <= 0)
                 return r < 0 ? r : -ENOENT;
         row_to_pack(st, ret);
@@ -881,13 +863,7 @@ int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char 
         {
                 _cleanup_stmt_ sqlite3_stmt *st = NULL;
 
-                r = tsf_sqlite_stmt(&s->sql, ST_PACK_PICK, &st);
-                if (r < 0)
-                        return r;
-                r = tsf_sqlite_bind(st, "t", product_version);
-                if (r < 0)
-                        return r;
-                r = tsf_sqlite_step(st);
+                r = tsf_sqlite_query(&s->sql, ST_PACK_PICK, &st, "t", product_version);
                 if (r < 0)
                         return r;
                 if (r == 0)

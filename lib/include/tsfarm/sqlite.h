@@ -67,6 +67,11 @@ int tsf_sqlite_bind_va(sqlite3_stmt *st, const char *fmt, va_list ap);
 int tsf_sqlite_bind(sqlite3_stmt *st, const char *fmt, ...);
 /* 1 for a row, 0 when done. */
 int tsf_sqlite_step(sqlite3_stmt *st);
+/* The cached statement id with fmt's parameters bound, stepped once:
+ * 1 with *ret on the first row, 0 when there is none (*ret is set in both
+ * cases: the caller releases it with _cleanup_stmt_), or a negative errno. */
+int tsf_sqlite_query_va(struct tsf_sqlite *q, unsigned id, sqlite3_stmt **ret, const char *fmt, va_list ap);
+int tsf_sqlite_query(struct tsf_sqlite *q, unsigned id, sqlite3_stmt **ret, const char *fmt, ...);
 /* Runs the cached write statement id; returns the number of rows it changed. */
 int tsf_sqlite_run(struct tsf_sqlite *q, unsigned id, const char *fmt, ...);
 /* A text column into buf, cut to fit, always terminated; NULL is "". */
