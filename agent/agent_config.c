@@ -68,22 +68,22 @@ static const struct tsf_config_item agent_items[] = {
         {"host", "disconnect-grace", tsf_config_parse_duration, OFF(host.disconnect_grace), 0,
          5 * USEC_PER_MINUTE},
         {"host", "socket", tsf_config_parse_path, OFF(host.socket), 0, 0},
-        {"directory", "database", tsf_config_parse_path, OFF(directory.database), 0, 0},
-        {"directory", "listen", tsf_config_parse_endpoint, OFF(directory.listen), 0, 0},
-        {"directory", "certificate", tsf_config_parse_path, OFF(directory.certificate), 0, 0},
-        {"directory", "key", tsf_config_parse_path, OFF(directory.key), 0, 0},
-        {"directory", "ca", tsf_config_parse_path, OFF(directory.ca), 0, 0},
-        {"directory", "socket", tsf_config_parse_path, OFF(directory.socket), 0, 0},
+        {"directory", "database", tsf_config_parse_path, OFF(directory.service.database), 0, 0},
+        {"directory", "listen", tsf_config_parse_endpoint, OFF(directory.service.listen), 0, 0},
+        {"directory", "certificate", tsf_config_parse_path, OFF(directory.service.certificate), 0, 0},
+        {"directory", "key", tsf_config_parse_path, OFF(directory.service.key), 0, 0},
+        {"directory", "ca", tsf_config_parse_path, OFF(directory.service.ca), 0, 0},
+        {"directory", "socket", tsf_config_parse_path, OFF(directory.service.socket), 0, 0},
         {"directory", "heartbeat-lapse", tsf_config_parse_duration, OFF(directory.heartbeat_lapse),
          USEC_PER_SEC, USEC_PER_DAY},
         {"directory", "allow-multiple-sessions", tsf_config_parse_bool,
          OFF(directory.allow_multiple_sessions), 0, 0},
-        {"licensing", "database", tsf_config_parse_path, OFF(licensing.database), 0, 0},
-        {"licensing", "listen", tsf_config_parse_endpoint, OFF(licensing.listen), 0, 0},
-        {"licensing", "certificate", tsf_config_parse_path, OFF(licensing.certificate), 0, 0},
-        {"licensing", "key", tsf_config_parse_path, OFF(licensing.key), 0, 0},
-        {"licensing", "ca", tsf_config_parse_path, OFF(licensing.ca), 0, 0},
-        {"licensing", "socket", tsf_config_parse_path, OFF(licensing.socket), 0, 0},
+        {"licensing", "database", tsf_config_parse_path, OFF(licensing.service.database), 0, 0},
+        {"licensing", "listen", tsf_config_parse_endpoint, OFF(licensing.service.listen), 0, 0},
+        {"licensing", "certificate", tsf_config_parse_path, OFF(licensing.service.certificate), 0, 0},
+        {"licensing", "key", tsf_config_parse_path, OFF(licensing.service.key), 0, 0},
+        {"licensing", "ca", tsf_config_parse_path, OFF(licensing.service.ca), 0, 0},
+        {"licensing", "socket", tsf_config_parse_path, OFF(licensing.service.socket), 0, 0},
         {"licensing", "signing-key", tsf_config_parse_path, OFF(licensing.signing_key), 0, 0},
 };
 
@@ -345,67 +345,50 @@ static void host_config_done(struct host_config *h) {
         free(h->socket);
 }
 
-static void directory_config_defaults(struct directory_config *d) {
-        d->listen = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(7400)};
-        d->heartbeat_lapse = 30 * USEC_PER_SEC;
-}
-
-static void directory_config_done(struct directory_config *d) {
-        free(d->database);
-        free(d->certificate);
-        free(d->key);
-        free(d->ca);
-        free(d->socket);
+static void service_config_done(struct service_config *v) {
+        free(v->database);
+        free(v->certificate);
+        free(v->key);
+        free(v->ca);
+        free(v->socket);
 }
 
 /* A serving role's TLS files come all together or not at all (then only
- * its UNIX socket serves). */
-static int verify_tls_trio(const struct tsagent_config *c, const char *section, const char *certificate,
-                           const char *key, const char *ca, char *err, size_t err_size) {
-        int n_tls = !!certificate + !!key + !!ca;
+ * its UNIX socket serves); its database and socket default to
+ * <state-directory>/<section>.db and <runtime-directory>/<section>.sock. */
+static int service_config_verify(struct tsagent_config *c, const char *section, struct service_config *v,
+                                 char *err, size_t err_size) {
+        int n_tls = !!v->certificate + !!v->key + !!v->ca;
+        _cleanup_free_ char *db = NULL, *sock = NULL;
+        int r;
 
         if (n_tls != 0 && n_tls != 3) {
                 snprintf(err, err_size, "%s: [%s] certificate, key and ca go together (give all three)",
                          c->path, section);
                 return -EINVAL;
         }
-        return 0;
-}
-
-static int directory_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
-        struct directory_config *d = &c->directory;
-        int r;
-
-        r = verify_tls_trio(c, "directory", d->certificate, d->key, d->ca, err, err_size);
+        if (asprintf(&db, "%s.db", section) < 0 || asprintf(&sock, "%s.sock", section) < 0)
+                return -ENOMEM;
+        r = default_path(&v->database, c->state_directory, db);
         if (r >= 0)
-                r = default_path(&d->database, c->state_directory, "directory.db");
-        if (r >= 0)
-                r = default_path(&d->socket, c->runtime_directory, "directory.sock");
+                r = default_path(&v->socket, c->runtime_directory, sock);
         return r;
 }
 
-static void licensing_config_defaults(struct licensing_config *l) {
-        l->listen = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(7401)};
+static void directory_config_defaults(struct directory_config *d) {
+        d->service.listen = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(7400)};
+        d->heartbeat_lapse = 30 * USEC_PER_SEC;
 }
 
-static void licensing_config_done(struct licensing_config *l) {
-        free(l->database);
-        free(l->certificate);
-        free(l->key);
-        free(l->ca);
-        free(l->socket);
-        free(l->signing_key);
+static void licensing_config_defaults(struct licensing_config *l) {
+        l->service.listen = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(7401)};
 }
 
 static int licensing_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
         struct licensing_config *l = &c->licensing;
         int r;
 
-        r = verify_tls_trio(c, "licensing", l->certificate, l->key, l->ca, err, err_size);
-        if (r >= 0)
-                r = default_path(&l->database, c->state_directory, "licensing.db");
-        if (r >= 0)
-                r = default_path(&l->socket, c->runtime_directory, "licensing.sock");
+        r = service_config_verify(c, "licensing", &l->service, err, err_size);
         if (r >= 0)
                 r = default_path(&l->signing_key, c->state_directory, "license-signing.key");
         return r;
@@ -420,8 +403,9 @@ void tsagent_config_free(struct tsagent_config *c) {
         free(c->state_directory);
         free(c->runtime_directory);
         host_config_done(&c->host);
-        directory_config_done(&c->directory);
-        licensing_config_done(&c->licensing);
+        service_config_done(&c->directory.service);
+        service_config_done(&c->licensing.service);
+        free(c->licensing.signing_key);
         free(c);
 }
 
@@ -483,7 +467,7 @@ int tsagent_config_load(const char *path, struct tsagent_config **ret, char *err
         r = host_config_verify(c, err, err_size);
         if (r < 0)
                 return r;
-        r = directory_config_verify(c, err, err_size);
+        r = service_config_verify(c, "directory", &c->directory.service, err, err_size);
         if (r < 0)
                 return r;
         r = licensing_config_verify(c, err, err_size);

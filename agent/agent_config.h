@@ -82,28 +82,30 @@ struct host_config {
         size_t n_sessions;
 };
 
-/* [directory]: the directory role (docs/directory.md, "The API"). */
+/* What a role that serves the API on its own database is configured with
+ * (agent/service.h): [directory] and [licensing]. */
+struct service_config {
+        char *database;            /* default: <state-directory>/<role>.db */
+        struct sockaddr_in listen; /* the TLS listener */
+        char *certificate;         /* this node's certificate (CN = node-name) */
+        char *key;                 /* its key */
+        char *ca;                  /* the farm CA */
+        char *socket;              /* default: <runtime-directory>/<role>.sock */
+};
+
+/* [directory]: the directory role (docs/directory.md, "The API");
+ * listen defaults to 0.0.0.0:7400. */
 struct directory_config {
-        char *database;               /* default: <state-directory>/directory.db */
-        struct sockaddr_in listen;    /* the TLS listener; default 0.0.0.0:7400 */
-        char *certificate;            /* this node's certificate (CN = node-name) */
-        char *key;                    /* its key */
-        char *ca;                     /* the farm CA */
-        char *socket;                 /* default: <runtime-directory>/directory.sock */
+        struct service_config service;
         usec_t heartbeat_lapse;       /* a node silent this long is down */
         bool allow_multiple_sessions; /* false: one session per user */
 };
 
 /* [licensing]: the licensing role, a license server (docs/licensing.md,
- * "The API"). */
+ * "The API"); listen defaults to 0.0.0.0:7401. */
 struct licensing_config {
-        char *database;            /* default: <state-directory>/licensing.db */
-        struct sockaddr_in listen; /* the TLS listener; default 0.0.0.0:7401 */
-        char *certificate;         /* this node's certificate (CN = node-name) */
-        char *key;                 /* its key */
-        char *ca;                  /* the farm CA */
-        char *socket;              /* default: <runtime-directory>/licensing.sock */
-        char *signing_key;         /* Ed25519 PEM; default: <state-directory>/license-signing.key */
+        struct service_config service;
+        char *signing_key; /* Ed25519 PEM; default: <state-directory>/license-signing.key */
 };
 
 struct tsagent_config {

@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -10,6 +11,7 @@
 #include <systemd/sd-event.h>
 
 #include "agent/directory/directory.h"
+#include "agent/service.h"
 #include "agent/directory/store.h"
 #include "tsfarm/api.h"
 #include "tsfarm/fs.h"
@@ -56,14 +58,6 @@ struct directory {
         uint64_t compact_mark;
         struct counts counts;
 };
-
-static bool streq_ptr(const char *a, const char *b) {
-        return a && b ? strcmp(a, b) == 0 : a == b;
-}
-
-static const char *strna(const char *s) {
-        return s ? s : "n/a";
-}
 
 /* ---- JSON ----------------------------------------------------------------- */
 
@@ -699,18 +693,16 @@ static double metric_revision(void *userdata) {
         return (double)dir_store_revision(d->store);
 }
 
-static const struct {
-        const char *name;
-        const char *help;
-        tsf_metric_value_t value;
-} directory_metrics[] = {
-        {"tsfarm_directory_sessions_active", "Sessions in the active state.", metric_active},
-        {"tsfarm_directory_sessions_disconnected", "Sessions in the disconnected state.",
+static const struct service_metric directory_metrics[] = {
+        {"tsfarm_directory_sessions_active", "Sessions in the active state.", TSF_METRIC_GAUGE,
+         metric_active},
+        {"tsfarm_directory_sessions_disconnected", "Sessions in the disconnected state.", TSF_METRIC_GAUGE,
          metric_disconnected},
-        {"tsfarm_directory_sessions_lost", "Sessions lost with their node.", metric_lost},
-        {"tsfarm_directory_nodes_up", "Registered nodes that are up.", metric_up},
-        {"tsfarm_directory_nodes_down", "Registered nodes marked down (heartbeat lapsed).", metric_down},
-        {"tsfarm_directory_revision", "The directory's newest revision.", metric_revision},
+        {"tsfarm_directory_sessions_lost", "Sessions lost with their node.", TSF_METRIC_GAUGE, metric_lost},
+        {"tsfarm_directory_nodes_up", "Registered nodes that are up.", TSF_METRIC_GAUGE, metric_up},
+        {"tsfarm_directory_nodes_down", "Registered nodes marked down (heartbeat lapsed).", TSF_METRIC_GAUGE,
+         metric_down},
+        {"tsfarm_directory_revision", "The directory's newest revision.", TSF_METRIC_GAUGE, metric_revision},
 };
 
 /* ---- the role ------------------------------------------------------------- */
@@ -776,11 +768,16 @@ static int directory_new(struct manager *m, void **ret) {
 
 static int directory_start(void *userdata) {
         struct directory *d = userdata;
-        const struct directory_config *c = &d->manager->config->directory;
-        char listen[INET_ADDRSTRLEN];
-        struct tsf_api_server_config sc = {
-                .unix_path = c->socket,
+        const struct service_config *c = &d->manager->config->directory.service;
+        const struct service_spec spec = {
+                .section = "directory",
+                .unreachable = "nodes cannot reach this directory",
+                .routes = directory_routes,
+                .metrics = directory_metrics,
+                .n_metrics = ELEMENTSOF(directory_metrics),
+                .userdata = d,
         };
+        char endpoints[PATH_MAX + 64];
         int r;
 
         r = tsf_mkdir_parent(c->database, 0700);
@@ -796,39 +793,9 @@ static int directory_start(void *userdata) {
                 return log_error_errno(r, "Failed to open the directory database %s: %m", c->database);
         d->compact_mark = dir_store_revision(d->store);
 
-        if (c->certificate) {
-                sc.cert_file = c->certificate;
-                sc.key_file = c->key;
-                sc.ca_file = c->ca;
-                sc.listen_address = inet_ntop(AF_INET, &c->listen.sin_addr, listen, sizeof(listen));
-                sc.port = ntohs(c->listen.sin_port);
-        } else
-                log_warning("[directory] has no certificate, key and ca: serving on %s only, nodes cannot "
-                            "reach this directory.",
-                            c->socket);
-        r = tsf_mkdir_parent(c->socket, 0755);
+        r = service_api_start(d->manager->event, c, &spec, &d->api);
         if (r < 0)
-                return log_error_errno(r, "Failed to create the directory for %s: %m", c->socket);
-
-        r = tsf_api_server_new(d->manager->event, &sc, &d->api);
-        if (r < 0)
-                return log_error_errno(
-                        r, "Failed to set up the directory API (certificate %s, key %s, ca %s): %m",
-                        strna(c->certificate), strna(c->key), strna(c->ca));
-        r = tsf_api_server_add_routes(d->api, directory_routes, d);
-        if (r < 0)
-                return log_error_errno(r, "Failed to add the directory's routes: %m");
-        for (size_t i = 0; i < ELEMENTSOF(directory_metrics); i++) {
-                r = tsf_api_metric_add(d->api, directory_metrics[i].name, directory_metrics[i].help,
-                                       TSF_METRIC_GAUGE, directory_metrics[i].value, d);
-                if (r < 0)
-                        return log_error_errno(r, "Failed to add metric %s: %m", directory_metrics[i].name);
-        }
-        r = tsf_api_server_start(d->api);
-        if (r < 0)
-                return log_error_errno(r, "Failed to serve the directory API on %s:%u and %s: %m",
-                                       c->certificate ? listen : "-", (unsigned)ntohs(c->listen.sin_port),
-                                       c->socket);
+                return r;
 
         d->started = tsf_now_monotonic();
         /* Host agents heartbeat every 5 s and retry 5 s after a failure. */
@@ -845,9 +812,9 @@ static int directory_start(void *userdata) {
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the directory's event sources: %m");
 
-        log_info("Directory serving %s (revision %" PRIu64 ") on %s:%u and %s.", c->database,
-                 dir_store_revision(d->store), c->certificate ? listen : "-",
-                 c->certificate ? (unsigned)tsf_api_server_port(d->api) : 0u, c->socket);
+        service_endpoints(c, d->api, endpoints, sizeof(endpoints));
+        log_info("Directory serving %s (revision %" PRIu64 ") on %s.", c->database,
+                 dir_store_revision(d->store), endpoints);
         return 0;
 }
 
@@ -856,9 +823,7 @@ static int directory_reload(void *userdata, const struct tsagent_config *c) {
         const struct directory_config *old = &d->manager->config->directory;
         const struct directory_config *new = &c->directory;
 
-        if (!streq_ptr(old->database, new->database) || !streq_ptr(old->socket, new->socket) ||
-            !streq_ptr(old->certificate, new->certificate) || !streq_ptr(old->key, new->key) ||
-            !streq_ptr(old->ca, new->ca) || memcmp(&old->listen, &new->listen, sizeof(old->listen)) != 0)
+        if (service_config_changed(&old->service, &new->service))
                 log_warning("[directory] database, listen, socket and the TLS files change only on restart, "
                             "ignoring the new values.");
         apply_live_config(d, new);

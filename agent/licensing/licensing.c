@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include <systemd/sd-event.h>
 
 #include "agent/licensing/licensing.h"
+#include "agent/service.h"
 #include "agent/licensing/store.h"
 #include "tsfarm/api.h"
 #include "tsfarm/cleanup.h"
@@ -46,14 +48,6 @@ struct licensing {
         /* Counters since start, for /metrics. */
         uint64_t n_temporary, n_cal, n_renewed, n_revoked, n_no_inventory;
 };
-
-static bool streq_ptr(const char *a, const char *b) {
-        return a && b ? strcmp(a, b) == 0 : a == b;
-}
-
-static const char *strna(const char *s) {
-        return s ? s : "n/a";
-}
 
 /* "n1" for a node over TLS, "uid 0" for the local socket: for the log. */
 static const char *peer_name(const struct tsf_api_peer *peer, char *buf, size_t size) {
@@ -769,12 +763,7 @@ static double metric_n_no_inventory(void *userdata) {
         return (double)((struct licensing *)userdata)->n_no_inventory;
 }
 
-static const struct {
-        const char *name;
-        const char *help;
-        enum tsf_metric_type type;
-        tsf_metric_value_t value;
-} licensing_metrics[] = {
+static const struct service_metric licensing_metrics[] = {
         {"tsfarm_licensing_packs_installed", "Key packs installed.", TSF_METRIC_GAUGE, metric_packs},
         {"tsfarm_licensing_cals_installed", "Device CALs in all installed key packs.", TSF_METRIC_GAUGE,
          metric_installed},
@@ -943,62 +932,36 @@ static int store_setup(struct licensing *l, const char *database) {
 
 static int licensing_start(void *userdata) {
         struct licensing *l = userdata;
-        const struct licensing_config *c = &l->manager->config->licensing;
-        char listen[INET_ADDRSTRLEN];
-        struct tsf_api_server_config sc = {
-                .unix_path = c->socket,
+        const struct licensing_config *lc = &l->manager->config->licensing;
+        const struct service_config *c = &lc->service;
+        const struct service_spec spec = {
+                .section = "licensing",
+                .unreachable = "terminal servers cannot reach this license server",
+                .routes = licensing_routes,
+                .metrics = licensing_metrics,
+                .n_metrics = ELEMENTSOF(licensing_metrics),
+                .userdata = l,
         };
+        char endpoints[PATH_MAX + 64];
         int r;
 
         r = store_setup(l, c->database);
         if (r < 0)
                 return r;
-        r = signing_key_setup(l, c->signing_key);
+        r = signing_key_setup(l, lc->signing_key);
         if (r < 0)
                 return r;
-
-        if (c->certificate) {
-                sc.cert_file = c->certificate;
-                sc.key_file = c->key;
-                sc.ca_file = c->ca;
-                sc.listen_address = inet_ntop(AF_INET, &c->listen.sin_addr, listen, sizeof(listen));
-                sc.port = ntohs(c->listen.sin_port);
-        } else
-                log_warning(
-                        "[licensing] has no certificate, key and ca: serving on %s only, terminal servers "
-                        "cannot reach this license server.",
-                        c->socket);
-        r = tsf_mkdir_parent(c->socket, 0755);
+        r = service_api_start(l->manager->event, c, &spec, &l->api);
         if (r < 0)
-                return log_error_errno(r, "Failed to create the directory for %s: %m", c->socket);
-
-        r = tsf_api_server_new(l->manager->event, &sc, &l->api);
-        if (r < 0)
-                return log_error_errno(
-                        r, "Failed to set up the licensing API (certificate %s, key %s, ca %s): %m",
-                        strna(c->certificate), strna(c->key), strna(c->ca));
-        r = tsf_api_server_add_routes(l->api, licensing_routes, l);
-        if (r < 0)
-                return log_error_errno(r, "Failed to add the licensing routes: %m");
-        for (size_t i = 0; i < ELEMENTSOF(licensing_metrics); i++) {
-                r = tsf_api_metric_add(l->api, licensing_metrics[i].name, licensing_metrics[i].help,
-                                       licensing_metrics[i].type, licensing_metrics[i].value, l);
-                if (r < 0)
-                        return log_error_errno(r, "Failed to add metric %s: %m", licensing_metrics[i].name);
-        }
-        r = tsf_api_server_start(l->api);
-        if (r < 0)
-                return log_error_errno(r, "Failed to serve the licensing API on %s:%u and %s: %m",
-                                       c->certificate ? listen : "-", (unsigned)ntohs(c->listen.sin_port),
-                                       c->socket);
+                return r;
 
         r = sd_event_add_time_relative(l->manager->event, &l->expire_timer, CLOCK_MONOTONIC,
                                        LICENSING_EXPIRE_INTERVAL, 0, on_expire, l);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the license expiry timer: %m");
 
-        log_info("License server serving %s on %s:%u and %s.", c->database, c->certificate ? listen : "-",
-                 c->certificate ? (unsigned)tsf_api_server_port(l->api) : 0u, c->socket);
+        service_endpoints(c, l->api, endpoints, sizeof(endpoints));
+        log_info("License server serving %s on %s.", c->database, endpoints);
         return 0;
 }
 
@@ -1007,10 +970,8 @@ static int licensing_reload(void *userdata, const struct tsagent_config *c) {
         const struct licensing_config *old = &l->manager->config->licensing;
         const struct licensing_config *new = &c->licensing;
 
-        if (!streq_ptr(old->database, new->database) || !streq_ptr(old->socket, new->socket) ||
-            !streq_ptr(old->certificate, new->certificate) || !streq_ptr(old->key, new->key) ||
-            !streq_ptr(old->ca, new->ca) || !streq_ptr(old->signing_key, new->signing_key) ||
-            memcmp(&old->listen, &new->listen, sizeof(old->listen)) != 0)
+        if (service_config_changed(&old->service, &new->service) ||
+            !streq_ptr(old->signing_key, new->signing_key))
                 log_warning("[licensing] settings change only on restart, ignoring the new values.");
         return 0;
 }

@@ -136,11 +136,11 @@ static void test_host_section(void **state) {
         assert_int_equal(c->host.sessions_max, 2000000);
         assert_string_equal(c->host.socket, "/run/x/agent.sock");
         /* The serving roles' paths default under the agent's directories. */
-        assert_string_equal(c->licensing.socket, "/run/x/licensing.sock");
-        assert_string_equal(c->licensing.database, "/var/lib/tsfarm/licensing.db");
+        assert_string_equal(c->licensing.service.socket, "/run/x/licensing.sock");
+        assert_string_equal(c->licensing.service.database, "/var/lib/tsfarm/licensing.db");
         assert_string_equal(c->licensing.signing_key, "/var/lib/tsfarm/license-signing.key");
-        assert_int_equal(ntohs(c->licensing.listen.sin_port), 7401);
-        assert_string_equal(c->directory.socket, "/run/x/directory.sock");
+        assert_int_equal(ntohs(c->licensing.service.listen.sin_port), 7401);
+        assert_string_equal(c->directory.service.socket, "/run/x/directory.sock");
         tsagent_config_free(c);
 }
 

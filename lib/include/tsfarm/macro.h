@@ -3,8 +3,10 @@
 #pragma once
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -14,6 +16,11 @@
 #define _warn_unused_result_ __attribute__((warn_unused_result))
 #define _likely_(x) __builtin_expect(!!(x), 1)
 #define _unlikely_(x) __builtin_expect(!!(x), 0)
+
+/* Two optional strings are equal (both NULL counts). */
+static inline bool streq_ptr(const char *a, const char *b) {
+        return a && b ? strcmp(a, b) == 0 : a == b;
+}
 
 /* Negative errno from a libc call that set errno; never 0, so a caller that
  * tests `r < 0` cannot be fooled by a library that forgot to set errno. */
