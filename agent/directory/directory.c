@@ -57,6 +57,7 @@ struct directory {
         unsigned ticks;
         uint64_t compact_mark;
         struct counts counts;
+        uint64_t notified_revision; /* the long polls were last woken for it */
 };
 
 /* ---- JSON ----------------------------------------------------------------- */
@@ -285,10 +286,15 @@ static int on_notify(sd_event_source *s, void *userdata) {
         return 0;
 }
 
-/* Something committed: wake the long polls (from the loop, not from
- * inside the handler that made the change). */
+/* Something may have committed: wake the long polls (from the loop, not
+ * from inside the handler that made the change). The feed moves with the
+ * revision only, so anything that left it alone wakes nobody. */
 static void directory_changed(struct directory *d) {
-        d->counts.valid = false;
+        uint64_t revision = dir_store_revision(d->store);
+
+        if (revision == d->notified_revision)
+                return;
+        d->notified_revision = revision;
         if (d->waiters && d->notify)
                 (void)sd_event_source_set_enabled(d->notify, SD_EVENT_ONESHOT);
 }
@@ -547,7 +553,6 @@ static int on_logon_query(struct tsf_api_request *req, json_t *body, const struc
             json_object_set_new(reply, "reserved_until_usec", json_integer((json_int_t)a.reserved_until)) <
                     0)
                 return -ENOMEM;
-        directory_changed(d);
         return 200;
 }
 
@@ -740,6 +745,7 @@ static int on_expire(sd_event_source *s, uint64_t usec, void *userdata) {
                                           d->compact_mark);
                 }
                 d->compact_mark = dir_store_revision(d->store);
+                d->notified_revision = d->compact_mark;
         }
 
         r = sd_event_source_set_time_relative(s, DIRECTORY_EXPIRE_INTERVAL);
