@@ -70,12 +70,7 @@ dsock=$FARM_DIR/dir-run/directory.sock
 pin=/sys/fs/bpf/tsfarm
 asock=/run/tsfarm/agent.sock
 
-mkdir -m 700 "$pki"
-"$TSAGENT_BUILD/tsctl" pki init --dir "$pki" --name farm-test --days 2 >/dev/null
-"$TSAGENT_BUILD/tsctl" pki issue --dir "$pki" directory --ip "$dir_addr" --days 1 >/dev/null
-for n in node1 node2 node3; do
-        "$TSAGENT_BUILD/tsctl" pki issue --dir "$pki" "$n" --ip "$(farm_addr "$n")" --days 1 >/dev/null
-done
+tsagent_pki farm-test "$dir_addr" node1 node2 node3
 
 # Every user connects from an address of its own: the affinity fast path
 # (one address, one user) then never mixes two users up.
@@ -88,21 +83,8 @@ for u in alice erin gina hank carol ivan; do
 done
 
 # ---- the directory ------------------------------------------------------------------
-mkdir -p "$FARM_DIR/dir-state" "$FARM_DIR/dir-run"
-cat >"$FARM_DIR/directory.conf" <<CONF
-[agent]
-roles = directory
-node-name = directory
-log-level = debug
-state-directory = $FARM_DIR/dir-state
-runtime-directory = $FARM_DIR/dir-run
-
-[directory]
-listen = $dir_addr:7400
+tsagent_directory_conf "$dir_addr" <<CONF
 socket = $dsock
-certificate = $pki/directory.crt
-key = $pki/directory.key
-ca = $pki/ca.crt
 heartbeat-lapse = ${LAPSE}s
 CONF
 

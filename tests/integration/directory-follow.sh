@@ -37,28 +37,8 @@ pki=$FARM_DIR/pki
 dir_addr=$(farm_addr node1)
 url=https://$dir_addr:7400
 
-mkdir -m 700 "$pki"
-"$TSAGENT_BUILD/tsctl" pki init --dir "$pki" --name follow-test --days 2 >/dev/null
-"$TSAGENT_BUILD/tsctl" pki issue --dir "$pki" directory --ip "$dir_addr" --days 1 >/dev/null
-for n in node1 node2; do
-        "$TSAGENT_BUILD/tsctl" pki issue --dir "$pki" "$n" --ip "$(farm_addr "$n")" --days 1 >/dev/null
-done
-
-mkdir -p "$FARM_DIR/dir-state" "$FARM_DIR/dir-run"
-cat >"$FARM_DIR/directory.conf" <<CONF
-[agent]
-roles = directory
-node-name = directory
-log-level = debug
-state-directory = $FARM_DIR/dir-state
-runtime-directory = $FARM_DIR/dir-run
-
-[directory]
-listen = $dir_addr:7400
-certificate = $pki/directory.crt
-key = $pki/directory.key
-ca = $pki/ca.crt
-CONF
+tsagent_pki follow-test "$dir_addr" node1 node2
+tsagent_directory_conf "$dir_addr" </dev/null
 
 dir_ready() {
         farm_alive "$(farm_pid "$1")" || return 125

@@ -36,3 +36,31 @@ tsagent_start() {
                 --config "$FARM_DIR/$node.conf"
         farm_wait_until 10 tsagent_ready "$name"
 }
+
+# Makes a farm CA in $FARM_DIR/pki and a certificate for "directory" at
+# DIR_ADDR and for each NODE at its farm address (NAME: the CA's name).
+tsagent_pki() { # NAME DIR_ADDR NODE...
+        local name=$1 dir_addr=$2 n pki=$FARM_DIR/pki
+        shift 2
+        mkdir -m 700 "$pki"
+        "$TSAGENT_BUILD/tsctl" pki init --dir "$pki" --name "$name" --days 2 >/dev/null
+        "$TSAGENT_BUILD/tsctl" pki issue --dir "$pki" directory --ip "$dir_addr" --days 1 >/dev/null
+        for n in "$@"; do
+                "$TSAGENT_BUILD/tsctl" pki issue --dir "$pki" "$n" --ip "$(farm_addr "$n")" --days 1 >/dev/null
+        done
+}
+
+# Writes $FARM_DIR/directory.conf: the directory role on DIR_ADDR:7400 with
+# the certificate from tsagent_pki, its state and runtime directories under
+# $FARM_DIR, then whatever extra [directory] lines follow on stdin.
+tsagent_directory_conf() { # DIR_ADDR
+        mkdir -p "$FARM_DIR/dir-state" "$FARM_DIR/dir-run"
+        {
+                printf '[agent]\nroles = directory\nnode-name = directory\nlog-level = debug\n'
+                printf 'state-directory = %s\nruntime-directory = %s\n\n' "$FARM_DIR/dir-state" "$FARM_DIR/dir-run"
+                printf '[directory]\nlisten = %s:7400\n' "$1"
+                printf 'certificate = %s\nkey = %s\nca = %s\n' "$FARM_DIR/pki/directory.crt" \
+                        "$FARM_DIR/pki/directory.key" "$FARM_DIR/pki/ca.crt"
+                cat
+        } >"$FARM_DIR/directory.conf"
+}
