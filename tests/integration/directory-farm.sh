@@ -329,6 +329,31 @@ else
         farm_fail "4: node1 tracks alice's session, the one the directory has" \
                 "node1 says '$sid', the directory '$dsid'" "$(farm_log agent-node1)"
 fi
+# Bad reports are refused with a reason and reach nobody.
+before=$(status node1 | jq -c '.directory | {queued, delivered, refused}')
+long=$(printf 'd%.0s' {1..65})
+for bad in '{"event":"logout","user":"alice","session_id":1}' \
+        '{"event":"logoff","session_id":1}' \
+        '{"event":"logoff","user":"","session_id":1}' \
+        '{"event":"logoff","user":"alice","session_id":0}' \
+        '{"event":"logoff","user":"alice","session_id":"1"}' \
+        '{"event":"logoff","user":"alice","session_id":4294967296}' \
+        "{\"event\":\"logoff\",\"user\":\"alice\",\"session_id\":1,\"device\":\"$long\"}" \
+        '{"event":"logoff","user":"alice","session_id":1,"client_address":"10.0.0"}' \
+        '["logoff"]' '{"event":'; do
+        out=$(host_api node1 POST /v1/sessions/event "$bad" 2>&1) || true
+        if [[ ${out##*$'\n'} == 400 ]] && jq -e '.reason | length > 0' <<<"${out%$'\n'*}" >/dev/null 2>&1; then
+                farm_pass "4: node1's local API refuses $bad with 400 and a reason"
+        else
+                farm_fail "4: node1's local API refuses $bad with 400 and a reason" "answer: ${out//$'\n'/ }"
+        fi
+done
+after=$(status node1 | jq -c '.directory | {queued, delivered, refused}')
+if [[ -n $before && $before == "$after" ]]; then
+        farm_pass "4: the refused reports queued and delivered nothing"
+else
+        farm_fail "4: the refused reports queued and delivered nothing" "before $before, after $after"
+fi
 expect_report "4: node1's local API accepts alice's logoff (202)" node1 logoff alice "${sid:-${dsid:-1}}"
 wait_dir "4: alice is gone from the directory" alice ""
 for n in node1 node2 node3; do
