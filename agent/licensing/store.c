@@ -81,11 +81,34 @@ static const char *const migrations[] = {
         "        user TEXT,\n"
         "        detail TEXT NOT NULL\n"
         ");\n",
+        /* 1 -> 2: borrowing between license servers. tokens.lent_to names
+         * the peer license server a CAL was lent to (NULL: issued for our
+         * own terminal servers); the audit log gains 'lend' and 'borrow'.
+         * SQLite cannot alter a CHECK, so the audit table is rebuilt: new
+         * table, copy (seq kept), drop, rename (sqlite_sequence follows). */
+        "ALTER TABLE tokens ADD COLUMN lent_to TEXT\n"
+        "        CHECK (lent_to IS NULL OR (kind = 2 AND length(lent_to) BETWEEN 1 AND 63));\n"
+        "CREATE TABLE audit_v2 (\n"
+        "        seq INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+        "        time INTEGER NOT NULL,\n"
+        "        action TEXT NOT NULL CHECK (action IN ('install', 'temporary', 'validate', 'issue',\n"
+        "                                               'renew', 'expire', 'revoke', 'lend', 'borrow')),\n"
+        "        token_id BLOB,\n"
+        "        pack_id TEXT,\n"
+        "        device TEXT,\n"
+        "        user TEXT,\n"
+        "        detail TEXT NOT NULL\n"
+        ");\n"
+        "INSERT INTO audit_v2 (seq, time, action, token_id, pack_id, device, user, detail)\n"
+        "        SELECT seq, time, action, token_id, pack_id, device, user, detail FROM audit ORDER BY "
+        "seq;\n"
+        "DROP TABLE audit;\n"
+        "ALTER TABLE audit_v2 RENAME TO audit;\n",
 };
 
 #define TOKEN_COLUMNS                                                                                    \
         "token_id, kind, state, pack_id, product_version, device_name, hardware_id, user_name, issued, " \
-        "expires, state_time, renewed_from"
+        "expires, state_time, renewed_from, lent_to"
 /* ?1: the start of the revocation window. */
 #define PACK_SELECT                                                                          \
         "SELECT p.id, p.product_version, p.installed, p.count, p.available, "                \
@@ -146,7 +169,7 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_PACK_RETURN] = "UPDATE packs SET available = available + 1 WHERE id = ?1 AND available < count",
         [ST_TOKEN_GET] = "SELECT " TOKEN_COLUMNS " FROM tokens WHERE token_id = ?1",
         [ST_TOKEN_INSERT] = "INSERT INTO tokens (" TOKEN_COLUMNS ") "
-                            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9, ?11)",
+                            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9, ?11, ?12)",
         [ST_TOKEN_SET_STATE] =
                 "UPDATE tokens SET state = ?3, state_time = ?4 WHERE token_id = ?1 AND state = ?2",
         [ST_LIVE_TEMPORARY] =
@@ -181,7 +204,8 @@ static const char *const action_names[_LIC_ACTION_MAX] = {
         [LIC_ACTION_INSTALL] = "install",   [LIC_ACTION_TEMPORARY] = "temporary",
         [LIC_ACTION_VALIDATE] = "validate", [LIC_ACTION_ISSUE] = "issue",
         [LIC_ACTION_RENEW] = "renew",       [LIC_ACTION_EXPIRE] = "expire",
-        [LIC_ACTION_REVOKE] = "revoke",
+        [LIC_ACTION_REVOKE] = "revoke",     [LIC_ACTION_LEND] = "lend",
+        [LIC_ACTION_BORROW] = "borrow",
 };
 
 /* Sets *reason (if asked for) and returns the error. */
@@ -424,6 +448,7 @@ static void row_to_token(sqlite3_stmt *st, struct lic_token *t) {
         t->expires = (usec_t)sqlite3_column_int64(st, 9);
         t->state_time = (usec_t)sqlite3_column_int64(st, 10);
         t->renewed = copy_blob(st, 11, t->renewed_from, sizeof(t->renewed_from)) == LIC_TOKEN_ID_SIZE;
+        tsf_sqlite_copy_text(st, 12, t->lent_to, sizeof(t->lent_to));
 }
 
 static void row_to_pack(sqlite3_stmt *st, struct lic_pack *p) {
@@ -686,11 +711,11 @@ int lic_temporary_issue(struct lic_store *s, const struct lic_device *dev, const
         r = token_id_make(s, token_id, id);
         if (r < 0)
                 return r;
-        r = tsf_sqlite_run(&s->sql, ST_TOKEN_INSERT, "biitttbtiib", id, sizeof(id),
+        r = tsf_sqlite_run(&s->sql, ST_TOKEN_INSERT, "biitttbtiibt", id, sizeof(id),
                            (int64_t)LIC_KIND_TEMPORARY, (int64_t)LIC_STATE_TEMPORARY, NULL,
                            product_version ?: "", dev->device_name, dev->hardware_id, dev->hardware_id_len,
                            dev->user_name ?: "", (int64_t)now, (int64_t)(now + LIC_TEMPORARY_LIFETIME), NULL,
-                           (size_t)0);
+                           (size_t)0, NULL);
         if (r < 0)
                 return r;
         r = audit(s, now, LIC_ACTION_TEMPORARY, id, NULL, dev->device_name, dev->user_name, "expires %s",
@@ -750,10 +775,11 @@ int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LI
 /* ---- Device CALs --------------------------------------------------------- */
 
 /* Writes a new active CAL from pack (already taken from its pool, or
- * unchanged for a renewal) and reads it back into ret. */
+ * unchanged for a renewal) and reads it back into ret. lent_to: NULL, or
+ * the peer license server it is lent to. */
 static int cal_write(struct lic_store *s, usec_t now, const struct lic_device *dev, const char *pack_id,
                      const char *product_version, const uint8_t *new_id, const uint8_t *renewed_from,
-                     struct lic_token *ret) {
+                     const char *lent_to, struct lic_token *ret) {
         uint8_t id[LIC_TOKEN_ID_SIZE];
         usec_t lifetime;
         int r;
@@ -764,11 +790,12 @@ static int cal_write(struct lic_store *s, usec_t now, const struct lic_device *d
         r = cal_lifetime(s, &lifetime);
         if (r < 0)
                 return r;
-        r = tsf_sqlite_run(&s->sql, ST_TOKEN_INSERT, "biitttbtiib", id, sizeof(id), (int64_t)LIC_KIND_CAL,
+        r = tsf_sqlite_run(&s->sql, ST_TOKEN_INSERT, "biitttbtiibt", id, sizeof(id), (int64_t)LIC_KIND_CAL,
                            (int64_t)LIC_STATE_ACTIVE, pack_id, product_version, dev->device_name,
                            dev->hardware_id, dev->hardware_id_len, dev->user_name ?: "", (int64_t)now,
                            (int64_t)(now + lifetime), renewed_from,
-                           (size_t)(renewed_from ? LIC_TOKEN_ID_SIZE : 0));
+                           (size_t)(renewed_from ? LIC_TOKEN_ID_SIZE : 0),
+                           lent_to && *lent_to ? lent_to : NULL);
         if (r < 0)
                 return r;
         return token_lookup(s, id, ret);
@@ -784,14 +811,17 @@ static int renew_locked(struct lic_store *s, usec_t now, const struct lic_device
         if (old->expires - now > LIC_RENEW_WINDOW)
                 return refuse(reason, -EAGAIN, "renewal only when 7 days or fewer remain");
 
-        /* The old record first: one active CAL per device and version. */
+        /* The old record first: one active CAL per device and version. A
+         * lent CAL stays lent: it still serves the borrower's terminal
+         * servers, only the device now asks us directly. */
         r = tsf_sqlite_run(&s->sql, ST_TOKEN_SET_STATE, "biii", old->token_id, sizeof(old->token_id),
                            (int64_t)LIC_STATE_ACTIVE, (int64_t)LIC_STATE_EXPIRED, (int64_t)now);
         if (r < 0)
                 return r;
         if (r != 1)
                 return -EIO;
-        r = cal_write(s, now, dev, old->pack_id, old->product_version, new_id, old->token_id, ret);
+        r = cal_write(s, now, dev, old->pack_id, old->product_version, new_id, old->token_id, old->lent_to,
+                      ret);
         if (r < 0)
                 return r;
         tsf_hex_encode(old->token_id, sizeof(old->token_id), old_hex);
@@ -816,12 +846,39 @@ static int refuse_state(const struct lic_token *t, const char **reason) {
         }
 }
 
+/* Takes one CAL from the pack with the most available (of product_version
+ * when given; ties: oldest installed, then id) and writes its record.
+ * -ENOSPC when no pack has one. Inside an operation. */
+static int cal_take(struct lic_store *s, usec_t now, const struct lic_device *dev,
+                    const char *product_version, const uint8_t *new_id, const char *lent_to,
+                    struct lic_token *ret, const char **reason) {
+        char pack_id[LIC_PACK_ID_MAX + 1], version[LIC_PRODUCT_VERSION_MAX + 1];
+        int r;
+
+        {
+                _cleanup_stmt_ sqlite3_stmt *st = NULL;
+
+                r = tsf_sqlite_query(&s->sql, ST_PACK_PICK, &st, "t", product_version);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        return refuse(reason, -ENOSPC, "no key pack has a CAL available");
+                tsf_sqlite_copy_text(st, 0, pack_id, sizeof(pack_id));
+                tsf_sqlite_copy_text(st, 1, version, sizeof(version));
+        }
+        r = tsf_sqlite_run(&s->sql, ST_PACK_TAKE, "t", pack_id);
+        if (r < 0)
+                return r;
+        if (r != 1)
+                return -EIO;
+        return cal_write(s, now, dev, pack_id, version, new_id, NULL, lent_to, ret);
+}
+
 int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char *product_version,
                   const uint8_t presented[static LIC_TOKEN_ID_SIZE], const uint8_t *new_id,
                   struct lic_token *ret, const char **reason) {
         _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
         usec_t now = now_checked();
-        char pack_id[LIC_PACK_ID_MAX + 1], version[LIC_PRODUCT_VERSION_MAX + 1];
         char when[TSF_TIMESTAMP_MAX], presented_hex[2 * LIC_TOKEN_ID_SIZE + 1];
         struct lic_token p;
         int r;
@@ -860,27 +917,11 @@ int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char 
         if (r != -ENOENT)
                 return r;
 
-        {
-                _cleanup_stmt_ sqlite3_stmt *st = NULL;
-
-                r = tsf_sqlite_query(&s->sql, ST_PACK_PICK, &st, "t", product_version);
-                if (r < 0)
-                        return r;
-                if (r == 0)
-                        return refuse(reason, -ENOSPC, "no key pack has a CAL available");
-                tsf_sqlite_copy_text(st, 0, pack_id, sizeof(pack_id));
-                tsf_sqlite_copy_text(st, 1, version, sizeof(version));
-        }
-        r = tsf_sqlite_run(&s->sql, ST_PACK_TAKE, "t", pack_id);
-        if (r < 0)
-                return r;
-        if (r != 1)
-                return -EIO;
-        r = cal_write(s, now, dev, pack_id, version, new_id, NULL, ret);
+        r = cal_take(s, now, dev, product_version, new_id, NULL, ret, reason);
         if (r < 0)
                 return r;
         tsf_hex_encode(presented, LIC_TOKEN_ID_SIZE, presented_hex);
-        r = audit(s, now, LIC_ACTION_ISSUE, ret->token_id, pack_id, ret->device_name, ret->user_name,
+        r = audit(s, now, LIC_ACTION_ISSUE, ret->token_id, ret->pack_id, ret->device_name, ret->user_name,
                   "expires %s; temporary token %s", tsf_format_timestamp(ret->expires, when, sizeof(when)),
                   presented_hex);
         if (r < 0)
@@ -915,6 +956,72 @@ int lic_cal_renew(struct lic_store *s, const struct lic_device *dev,
         if (old.state != LIC_STATE_ACTIVE)
                 return refuse_state(&old, reason);
         r = renew_locked(s, now, dev, &old, new_id, ret, reason);
+        if (r < 0)
+                return r;
+        return tsf_sqlite_tx_commit(TAKE_PTR(tx));
+}
+
+/* Peer names: node names (certificate CNs), 1..63 of letters, digits, '.',
+ * '-', '_'. */
+static bool valid_peer(const char *n) {
+        return valid_ident(n, LIC_PEER_NAME_MAX);
+}
+
+int lic_cal_lend(struct lic_store *s, const struct lic_device *dev, const char *product_version,
+                 const char *peer_name, const uint8_t *new_id, struct lic_token *ret, const char **reason) {
+        _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
+        usec_t now = now_checked();
+        char when[TSF_TIMESTAMP_MAX];
+        int r;
+
+        if (!s || !valid_device(dev) || !valid_version_opt(product_version) || !valid_peer(peer_name) ||
+            !ret)
+                return -EINVAL;
+        product_version = version_or_null(product_version);
+        r = op_begin(s, now);
+        if (r < 0)
+                return r;
+        tx = &s->sql;
+
+        /* The device has one here already (an answer lost on the way, or a
+         * CAL it got from us some other way): the same again. */
+        r = token_query(s, ST_ACTIVE_CAL, ret, "bt", dev->hardware_id, dev->hardware_id_len,
+                        product_version);
+        if (r >= 0) {
+                r = tsf_sqlite_tx_commit(TAKE_PTR(tx));
+                return r < 0 ? r : 1;
+        }
+        if (r != -ENOENT)
+                return r;
+
+        r = cal_take(s, now, dev, product_version, new_id, peer_name, ret, reason);
+        if (r < 0)
+                return r;
+        r = audit(s, now, LIC_ACTION_LEND, ret->token_id, ret->pack_id, ret->device_name, ret->user_name,
+                  "lent to %s; expires %s", peer_name,
+                  tsf_format_timestamp(ret->expires, when, sizeof(when)));
+        if (r < 0)
+                return r;
+        return tsf_sqlite_tx_commit(TAKE_PTR(tx));
+}
+
+int lic_audit_borrow(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_SIZE],
+                     const char *pack_id, const char *device, const char *user, const char *peer_name,
+                     const char *detail) {
+        _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
+        usec_t now = now_checked();
+        int r;
+
+        if (!s || !token_id || !valid_ident(pack_id, LIC_PACK_ID_MAX) ||
+            !valid_name(device, LIC_DEVICE_NAME_MAX, true) || !valid_name(user, LIC_USER_NAME_MAX, false) ||
+            !valid_peer(peer_name) || !valid_name(detail, 128, false))
+                return -EINVAL;
+        r = op_begin(s, now);
+        if (r < 0)
+                return r;
+        tx = &s->sql;
+        r = audit(s, now, LIC_ACTION_BORROW, token_id, pack_id, device, user, "borrowed from %s%s%s",
+                  peer_name, detail && *detail ? "; " : "", detail ?: "");
         if (r < 0)
                 return r;
         return tsf_sqlite_tx_commit(TAKE_PTR(tx));
@@ -1115,7 +1222,7 @@ int lic_store_check(struct lic_store *s, char *bad_pack, size_t size) {
 
 /* ---- reports ------------------------------------------------------------- */
 
-enum { PACK_COLS = 9, TOKEN_COLS = 12 };
+enum { PACK_COLS = 9, TOKEN_COLS = 13 };
 /* The widest cell: a device name with every byte escaped as \xNN. */
 #define CELL_MAX (4 * LIC_DEVICE_NAME_MAX + 1)
 
@@ -1129,12 +1236,12 @@ static const char *const pack_titles[PACK_COLS] = {
 static const bool pack_numeric[PACK_COLS] = {false, false, false, true, true, true, true, true, true};
 
 static const char *const token_headers[TOKEN_COLS] = {
-        "token_id",    "kind",      "state",  "pack_id", "product_version", "device_name",
-        "hardware_id", "user_name", "issued", "expires", "state_time",      "renewed_from",
+        "token_id",  "kind",   "state",   "pack_id",    "product_version", "device_name", "hardware_id",
+        "user_name", "issued", "expires", "state_time", "renewed_from",    "lent_to",
 };
 static const char *const token_titles[TOKEN_COLS] = {
-        "TOKEN",       "KIND", "STATE",  "PACK",    "VERSION", "DEVICE",
-        "HARDWARE ID", "USER", "ISSUED", "EXPIRES", "SINCE",   "RENEWS",
+        "TOKEN", "KIND",   "STATE",   "PACK",  "VERSION", "DEVICE",  "HARDWARE ID",
+        "USER",  "ISSUED", "EXPIRES", "SINCE", "RENEWS",  "LENT TO",
 };
 
 struct cells {
@@ -1211,6 +1318,7 @@ static void token_cells(const struct lic_token *t, struct cells *c) {
                 tsf_hex_encode(t->renewed_from, sizeof(t->renewed_from), c->v[11]);
         else
                 c->v[11][0] = '\0';
+        snprintf(c->v[12], CELL_MAX, "%s", t->lent_to);
 }
 
 /* RFC 4180: a field with a comma, a quote, CR or LF is quoted, and its
@@ -1399,6 +1507,8 @@ static int report_token(const struct lic_token *t, void *userdata) {
         if (r >= 0)
                 r = json_set(o, "renewed_from",
                              t->renewed ? json_hex(t->renewed_from, sizeof(t->renewed_from)) : json_null());
+        if (r >= 0)
+                r = json_set(o, "lent_to", t->lent_to[0] ? json_string(t->lent_to) : json_null());
         if (r >= 0 && json_array_append(rp->array, o) < 0)
                 r = -ENOMEM;
         return r;

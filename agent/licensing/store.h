@@ -48,6 +48,9 @@
 #define LIC_DEVICE_NAME_MAX 255
 #define LIC_USER_NAME_MAX 255
 #define LIC_PACK_COUNT_MAX 1000000u
+/* A peer license server's name: its node name (certificate CN), 1..63 of
+ * letters, digits, '.', '-', '_'. */
+#define LIC_PEER_NAME_MAX 63
 
 #define LIC_TEMPORARY_LIFETIME (90 * USEC_PER_DAY)
 #define LIC_CAL_LIFETIME_MIN (52 * USEC_PER_DAY) /* a CAL lives uniform(MIN, MAX) */
@@ -80,6 +83,8 @@ enum lic_action {
         LIC_ACTION_RENEW,
         LIC_ACTION_EXPIRE,
         LIC_ACTION_REVOKE,
+        LIC_ACTION_LEND,   /* a CAL issued for a peer license server's device (schema 2) */
+        LIC_ACTION_BORROW, /* a peer's CAL relayed to our terminal server; no pool change */
         _LIC_ACTION_MAX,
 };
 
@@ -131,6 +136,9 @@ struct lic_token {
         usec_t state_time; /* when it entered its state */
         bool renewed;      /* renewed_from is set: this CAL renewed that one */
         uint8_t renewed_from[LIC_TOKEN_ID_SIZE];
+        /* The peer license server this CAL was lent to (lic_cal_lend());
+         * "" = issued for our own terminal servers. A renewal keeps it. */
+        char lent_to[LIC_PEER_NAME_MAX + 1];
 };
 
 struct lic_audit {
@@ -221,6 +229,24 @@ int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LI
 int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char *product_version,
                   const uint8_t presented[static LIC_TOKEN_ID_SIZE], const uint8_t *new_id,
                   struct lic_token *ret, const char **reason);
+
+/* A Device CAL lent to peer license server peer_name, which relays it to
+ * its own terminal server (the device has no temporary token here). In one
+ * transaction: if the device has an active CAL here (of product_version,
+ * when given) that record is returned unchanged (1); otherwise one CAL is
+ * taken from the pack with the most available, exactly as lic_cal_issue()
+ * does, the record written with lent_to = peer_name and a 'lend' audit row
+ * added (0). -ENOSPC when no pack has one. Renewal of a lent CAL is
+ * lic_cal_issue() presenting it, like any other. */
+int lic_cal_lend(struct lic_store *s, const struct lic_device *dev, const char *product_version,
+                 const char *peer_name, const uint8_t *new_id, struct lic_token *ret, const char **reason);
+
+/* Records in the audit log that we relayed a CAL borrowed from peer_name
+ * (token_id and pack_id are the lender's); detail: NULL or up to 128 bytes
+ * more. No record and no pool change here: the CAL lives at the lender. */
+int lic_audit_borrow(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_SIZE],
+                     const char *pack_id, const char *device, const char *user, const char *peer_name,
+                     const char *detail);
 
 /* Renews the device's active CAL `token_id` when LIC_RENEW_WINDOW or less
  * remains (else -EAGAIN): a new active record from the same pack (device

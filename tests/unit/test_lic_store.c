@@ -1046,7 +1046,7 @@ static void test_report_csv_quoting(void **state) {
 
         csv = report(f->s, LIC_FORMAT_CSV, LIC_REPORT_TOKENS, NULL);
         assert_non_null(strstr(csv, "token_id,kind,state,pack_id,product_version,device_name,hardware_id,"
-                                    "user_name,issued,expires,state_time,renewed_from\r\n"));
+                                    "user_name,issued,expires,state_time,renewed_from,lent_to\r\n"));
         assert_non_null(strstr(csv, ",\"Kiosk, \"\"Lobby\"\"\nfloor 2\","));
         /* The user name has a backslash and nothing to quote. */
         assert_non_null(strstr(csv, ",CORP\\user1,"));
@@ -1407,6 +1407,250 @@ static void test_check_detects_tampering(void **state) {
         }
 }
 
+/* ---- schema 2: lending between license servers --------------------------- */
+
+/* The released schema 1 exactly as migrations[0] wrote it, with a few rows:
+ * what a server upgraded from the first release has on disk. */
+static const char schema1_sql[] =
+        "PRAGMA journal_mode = WAL;"
+        "CREATE TABLE packs (id TEXT PRIMARY KEY NOT NULL, product_version TEXT NOT NULL,"
+        " count INTEGER NOT NULL CHECK (count BETWEEN 1 AND 1000000),"
+        " available INTEGER NOT NULL CHECK (available BETWEEN 0 AND count), installed INTEGER NOT NULL);"
+        "CREATE TABLE tokens (token_id BLOB PRIMARY KEY NOT NULL CHECK (length(token_id) = 16),"
+        " kind INTEGER NOT NULL CHECK (kind IN (1, 2)), state INTEGER NOT NULL CHECK (state BETWEEN 0 AND "
+        "4),"
+        " pack_id TEXT REFERENCES packs (id), product_version TEXT NOT NULL, device_name TEXT NOT NULL,"
+        " hardware_id BLOB NOT NULL CHECK (length(hardware_id) BETWEEN 16 AND 64), user_name TEXT NOT NULL,"
+        " issued INTEGER NOT NULL, expires INTEGER NOT NULL CHECK (expires > issued),"
+        " state_time INTEGER NOT NULL, renewed_from BLOB REFERENCES tokens (token_id),"
+        " CHECK ((kind = 1 AND pack_id IS NULL AND state IN (0, 1, 4)) OR"
+        " (kind = 2 AND pack_id IS NOT NULL AND state IN (2, 3, 4))));"
+        "CREATE UNIQUE INDEX tokens_live_temporary ON tokens (hardware_id) WHERE state IN (0, 1);"
+        "CREATE UNIQUE INDEX tokens_active_cal ON tokens (hardware_id, product_version) WHERE state = 2;"
+        "CREATE INDEX tokens_device ON tokens (hardware_id, state);"
+        "CREATE INDEX tokens_pack ON tokens (pack_id, state, state_time);"
+        "CREATE INDEX tokens_due ON tokens (state, expires);"
+        "CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL,"
+        " action TEXT NOT NULL CHECK (action IN ('install', 'temporary', 'validate', 'issue',"
+        " 'renew', 'expire', 'revoke')), token_id BLOB, pack_id TEXT, device TEXT, user TEXT,"
+        " detail TEXT NOT NULL);"
+        /* A pack of 3 with one CAL issued on a validated temporary token. */
+        "INSERT INTO packs VALUES ('old-pack', '2025', 3, 2, 1794000000000000);"
+        "INSERT INTO tokens VALUES (x'01010101010101010101010101010101', 1, 1, NULL, '', 'PC-OLD',"
+        " x'6f6c642d6465766963652d30303030303031', 'alice', 1794000000000000, 1801776000000000,"
+        " 1794000000000000, NULL);"
+        "INSERT INTO tokens VALUES (x'02020202020202020202020202020202', 2, 2, 'old-pack', '2025', 'PC-OLD',"
+        " x'6f6c642d6465766963652d30303030303031', 'alice', 1794000000000000, 1799000000000000,"
+        " 1794000000000000, NULL);"
+        "INSERT INTO audit (time, action, pack_id, detail) VALUES (1794000000000000, 'install', 'old-pack',"
+        " '3 CALs, product version 2025');"
+        "INSERT INTO audit (time, action, token_id, device, user, detail) VALUES (1794000000000000,"
+        " 'temporary', x'01010101010101010101010101010101', 'PC-OLD', 'alice', 'expires x');"
+        "INSERT INTO audit (time, action, token_id, pack_id, device, user, detail) VALUES"
+        " (1794000000000000, 'issue', x'02020202020202020202020202020202', 'old-pack', 'PC-OLD', 'alice',"
+        " 'expires y');"
+        "PRAGMA application_id = 1953719916; PRAGMA user_version = 1;";
+
+static void test_migrate_from_schema_1(void **state) {
+        struct fixture *f = *state;
+        static const uint8_t old_cal[LIC_TOKEN_ID_SIZE] = {2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2};
+        char path[160], text[64];
+        struct lic_store *s = NULL;
+        struct lic_token t;
+        struct actions x = {};
+        struct dev d;
+
+        assert_int_equal(lic_store_schema_version(), 2);
+        snprintf(path, sizeof(path), "%s/v1.db", f->dir);
+        sql_exec(path, schema1_sql);
+        assert_int_equal(sql_int(path, "PRAGMA user_version"), 1);
+        /* Schema 1 refuses the new audit actions... */
+        {
+                sqlite3 *db;
+
+                assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+                assert_int_not_equal(sqlite3_exec(db,
+                                                  "INSERT INTO audit (time, action, detail) VALUES "
+                                                  "(1, 'lend', 'x')",
+                                                  NULL, NULL, NULL),
+                                     SQLITE_OK);
+                sqlite3_close(db);
+        }
+
+        assert_int_equal(lic_store_open(path, &s), 0);
+        lic_store_set_random(s, test_random, &f->rng);
+        assert_int_equal(sql_int(path, "PRAGMA user_version"), 2);
+        assert_int_equal(sql_int(path, "PRAGMA application_id"), 0x7473666c);
+        /* ... the data is all there, lent_to NULL for what was issued before. */
+        assert_int_equal(sql_int(path, "SELECT count(*) FROM tokens WHERE lent_to IS NULL"), 2);
+        assert_int_equal(sql_int(path, "SELECT count(*) FROM audit"), 3);
+        assert_int_equal(sql_int(path, "SELECT max(seq) FROM audit"), 3);
+        sql_text(path, "SELECT group_concat(action, ',') FROM (SELECT action FROM audit ORDER BY seq)", text,
+                 sizeof(text));
+        assert_string_equal(text, "install,temporary,issue");
+        sql_text(path, "SELECT name FROM sqlite_schema WHERE name LIKE 'audit%' ORDER BY name", text,
+                 sizeof(text));
+        assert_string_equal(text, "audit");
+        assert_int_equal(lic_token_get(s, old_cal, &t), 0);
+        assert_string_equal(t.pack_id, "old-pack");
+        assert_string_equal(t.lent_to, "");
+        assert_int_equal(t.state, LIC_STATE_ACTIVE);
+        assert_int_equal(available(s, "old-pack"), 2);
+        check(s);
+
+        /* The new actions are accepted, and seq goes on from the old rows
+         * (sqlite_sequence followed the rename). */
+        dev_init(&d, 7);
+        assert_int_equal(lic_cal_lend(s, &d.d, "2025", "lic-a", NULL, &t, NULL), 0);
+        assert_string_equal(t.lent_to, "lic-a");
+        assert_int_equal(lic_audit_list(s, 3, 0, collect_audit, &x), 1);
+        assert_int_equal(x.a[0], LIC_ACTION_LEND);
+        assert_int_equal(sql_int(path, "SELECT max(seq) FROM audit"), 4);
+        assert_int_equal(available(s, "old-pack"), 1);
+        check(s);
+        lic_store_close(s);
+
+        /* Reopening migrates nothing again. */
+        assert_int_equal(lic_store_open(path, &s), 0);
+        assert_int_equal(sql_int(path, "PRAGMA user_version"), 2);
+        assert_int_equal(sql_int(path, "SELECT count(*) FROM audit"), 4);
+        lic_store_close(s);
+}
+
+static void test_lend(void **state) {
+        struct fixture *f = *state;
+        struct lic_token a, again, b, own, renewed;
+        struct dev d[4];
+        const char *reason = NULL;
+        char *before, *out;
+
+        for (unsigned i = 0; i < 4; i++)
+                dev_init(&d[i], i);
+        assert_int_equal(lic_pack_install(f->s, "small", "2025", 1), 0);
+        assert_int_equal(lic_pack_install(f->s, "big", "2025", 2), 0);
+        assert_int_equal(lic_pack_install(f->s, "other", "2022", 1), 0);
+
+        /* From the pack with the most available, recorded as lent. */
+        assert_int_equal(lic_cal_lend(f->s, &d[0].d, "2025", "lic-a", NULL, &a, &reason), 0);
+        assert_string_equal(a.pack_id, "big");
+        assert_string_equal(a.lent_to, "lic-a");
+        assert_int_equal(a.kind, LIC_KIND_CAL);
+        assert_int_equal(a.state, LIC_STATE_ACTIVE);
+        assert_false(a.renewed);
+        assert_true(a.expires - a.issued >= LIC_CAL_LIFETIME_MIN &&
+                    a.expires - a.issued <= LIC_CAL_LIFETIME_MAX);
+        assert_int_equal(count_actions(f->s, LIC_ACTION_LEND), 1);
+        assert_int_equal(available(f->s, "big"), 1);
+        check(f->s);
+
+        /* Idempotent: the same record, nothing written. */
+        before = snapshot(f->s);
+        assert_int_equal(lic_cal_lend(f->s, &d[0].d, "2025", "lic-a", NULL, &again, NULL), 1);
+        assert_memory_equal(again.token_id, a.token_id, LIC_TOKEN_ID_SIZE);
+        assert_unchanged(f->s, before);
+        free(before);
+        /* Any version: the active CAL of 2025 answers too. */
+        assert_int_equal(lic_cal_lend(f->s, &d[0].d, NULL, "lic-b", NULL, &again, NULL), 1);
+        assert_memory_equal(again.token_id, a.token_id, LIC_TOKEN_ID_SIZE);
+
+        /* A device with a CAL issued here for our own terminal servers gets
+         * that one, not a second. */
+        assert_int_equal(get_cal(f->s, &d[1], "2025", &own), 0);
+        assert_string_equal(own.lent_to, "");
+        assert_int_equal(lic_cal_lend(f->s, &d[1].d, "2025", "lic-a", NULL, &again, NULL), 1);
+        assert_memory_equal(again.token_id, own.token_id, LIC_TOKEN_ID_SIZE);
+        assert_string_equal(again.lent_to, "");
+
+        /* The version asked for: 2022 comes from "other" only. */
+        assert_int_equal(lic_cal_lend(f->s, &d[2].d, "2022", "lic-a", NULL, &b, NULL), 0);
+        assert_string_equal(b.pack_id, "other");
+        assert_string_equal(b.product_version, "2022");
+
+        /* 2025 pools empty now: -ENOSPC, nothing changes. */
+        assert_int_equal(lic_cal_lend(f->s, &d[3].d, "2025", "lic-a", NULL, &b, NULL), 0);
+        assert_int_equal(available(f->s, "small") + available(f->s, "big"), 0);
+        dev_init(&d[3], 9);
+        before = snapshot(f->s);
+        assert_int_equal(lic_cal_lend(f->s, &d[3].d, "2025", "lic-a", NULL, &b, &reason), -ENOSPC);
+        assert_non_null(reason);
+        assert_int_equal(lic_cal_lend(f->s, &d[3].d, NULL, "lic-a", NULL, &b, NULL), -ENOSPC);
+        assert_unchanged(f->s, before);
+        free(before);
+
+        /* Bad arguments: nothing looked up. */
+        assert_int_equal(lic_cal_lend(f->s, &d[3].d, "2025", "", NULL, &b, NULL), -EINVAL);
+        assert_int_equal(lic_cal_lend(f->s, &d[3].d, "2025", NULL, NULL, &b, NULL), -EINVAL);
+        assert_int_equal(lic_cal_lend(f->s, &d[3].d, "2025", "lic a", NULL, &b, NULL), -EINVAL);
+        assert_int_equal(lic_cal_lend(f->s, &d[3].d, "2025",
+                                      "a123456789b123456789c123456789d123456789e123456789f123456789g123",
+                                      NULL, &b, NULL),
+                         -EINVAL);
+        assert_int_equal(lic_cal_lend(f->s, &d[3].d, "20 25", "lic-a", NULL, &b, NULL), -EINVAL);
+
+        /* Renewal of a lent CAL: the device presents it here, as any other. */
+        clock_set(f, a.expires - 8 * USEC_PER_DAY);
+        assert_int_equal(lic_cal_issue(f->s, &d[0].d, NULL, a.token_id, NULL, &renewed, NULL), -EAGAIN);
+        clock_set(f, a.expires - 7 * USEC_PER_DAY);
+        assert_int_equal(lic_cal_issue(f->s, &d[0].d, NULL, a.token_id, NULL, &renewed, NULL), 0);
+        assert_true(renewed.renewed);
+        assert_memory_equal(renewed.renewed_from, a.token_id, LIC_TOKEN_ID_SIZE);
+        assert_string_equal(renewed.pack_id, "big");
+        assert_string_equal(renewed.lent_to, "lic-a");
+        assert_int_equal(lic_token_get(f->s, a.token_id, &again), 0);
+        assert_int_equal(again.state, LIC_STATE_EXPIRED);
+        check(f->s);
+
+        /* Reports show lent_to. */
+        out = report(f->s, LIC_FORMAT_JSON, LIC_REPORT_TOKENS, NULL);
+        assert_non_null(strstr(out, "\"lent_to\": \"lic-a\""));
+        assert_non_null(strstr(out, "\"lent_to\": null"));
+        free(out);
+        out = report(f->s, LIC_FORMAT_CSV, LIC_REPORT_TOKENS, NULL);
+        assert_non_null(strstr(out, ",renewed_from,lent_to\r\n"));
+        assert_non_null(strstr(out, ",lic-a\r\n"));
+        free(out);
+        out = report(f->s, LIC_FORMAT_TABLE, LIC_REPORT_TOKENS, NULL);
+        assert_non_null(strstr(out, "LENT TO"));
+        free(out);
+
+        /* Lent CALs lapse back into their pools like the others. */
+        clock_set(f, renewed.expires);
+        assert_true(lic_expire(f->s) >= 1);
+        check(f->s);
+}
+
+static void test_audit_borrow(void **state) {
+        struct fixture *f = *state;
+        static const uint8_t id[LIC_TOKEN_ID_SIZE] = {0xab, 1, 2, 3};
+        struct actions x = {};
+        char *before;
+
+        assert_int_equal(lic_pack_install(f->s, "p", "2025", 1), 0);
+        assert_int_equal(lic_audit_borrow(f->s, id, "their-pack", "PC-1", "alice", "lic-b", "for node ts1"),
+                         0);
+        assert_int_equal(lic_audit_borrow(f->s, id, "their-pack", "PC-1", NULL, "lic-b", NULL), 0);
+        assert_int_equal(lic_audit_list(f->s, 1, 0, collect_audit, &x), 2);
+        assert_int_equal(x.a[0], LIC_ACTION_BORROW);
+        assert_string_equal(x.rows[0], "borrow their-pack PC-1 alice 1");
+        assert_string_equal(lic_action_to_string(LIC_ACTION_BORROW), "borrow");
+        assert_string_equal(lic_action_to_string(LIC_ACTION_LEND), "lend");
+        /* No pool change, no record. */
+        assert_int_equal(available(f->s, "p"), 1);
+        assert_int_equal(sql_int(f->path, "SELECT count(*) FROM tokens"), 0);
+        assert_int_equal(sql_int(f->path, "SELECT count(*) FROM audit WHERE detail = "
+                                          "'borrowed from lic-b; for node ts1'"),
+                         1);
+
+        before = snapshot(f->s);
+        assert_int_equal(lic_audit_borrow(f->s, id, "bad pack", "PC-1", NULL, "lic-b", NULL), -EINVAL);
+        assert_int_equal(lic_audit_borrow(f->s, id, "p", "", NULL, "lic-b", NULL), -EINVAL);
+        assert_int_equal(lic_audit_borrow(f->s, id, "p", "PC-1", NULL, "", NULL), -EINVAL);
+        assert_int_equal(lic_audit_borrow(f->s, id, "p", "PC-1", "\xff", "lic-b", NULL), -EINVAL);
+        assert_unchanged(f->s, before);
+        free(before);
+        check(f->s);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_migrate_from_empty_and_reopen, setup, teardown),
@@ -1430,6 +1674,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_batch, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_audit_log, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_check_detects_tampering, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_migrate_from_schema_1, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_lend, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_audit_borrow, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
