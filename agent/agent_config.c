@@ -8,10 +8,13 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
+#include <net/if.h>
+#include <strings.h>
 
 #include "agent_config.h"
 #include "bpf/abi/tsfarm_abi.h"
 #include "tsfarm/config.h"
+#include "tsfarm/licdiscovery.h"
 #include "tsfarm/macro.h"
 #include "tsfarm/userkey.h"
 
@@ -85,6 +88,20 @@ static const struct tsf_config_item agent_items[] = {
         {"licensing", "ca", tsf_config_parse_path, OFF(licensing.service.ca), 0, 0},
         {"licensing", "socket", tsf_config_parse_path, OFF(licensing.service.socket), 0, 0},
         {"licensing", "signing-key", tsf_config_parse_path, OFF(licensing.signing_key), 0, 0},
+        {"licensing", "peers", tsf_config_parse_strv, OFF(licensing.peers), 0, 0},
+        {"licensing", "discover-peers", tsf_config_parse_bool, OFF(licensing.discover_peers), 0, 0},
+        {"licensing", "announce", tsf_config_parse_bool, OFF(licensing.announce), 0, 0},
+        {"licensing", "announce-endpoint", tsf_config_parse_string, OFF(licensing.announce_endpoint), 0, 0},
+        {"licensing", "announce-interval", tsf_config_parse_duration, OFF(licensing.announce_interval),
+         LICDISC_INTERVAL_MIN, LICDISC_INTERVAL_MAX},
+        {"licensing", "site", tsf_config_parse_string, OFF(licensing.site), 0, 0},
+        {"licensing", "discovery-group", tsf_config_parse_endpoint, OFF(licensing.discovery_group), 0, 0},
+        {"licensing", "discovery-interface", tsf_config_parse_string, OFF(licensing.discovery_interface), 0,
+         0},
+        {"licensing", "peer-timeout", tsf_config_parse_duration, OFF(licensing.peer_timeout),
+         10 * USEC_PER_MSEC, USEC_PER_MINUTE},
+        {"licensing", "inventory-refresh", tsf_config_parse_duration, OFF(licensing.inventory_refresh),
+         100 * USEC_PER_MSEC, USEC_PER_DAY},
 };
 
 const struct host_node_config *host_config_find_node(const struct host_config *h, const char *name) {
@@ -382,12 +399,63 @@ static void directory_config_defaults(struct directory_config *d) {
 
 static void licensing_config_defaults(struct licensing_config *l) {
         l->service.listen = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(7401)};
+        l->discover_peers = true;
+        l->announce = true;
+        l->announce_interval = LICDISC_INTERVAL_DEFAULT;
+        l->discovery_group =
+                (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(LICDISC_PORT_DEFAULT)};
+        inet_pton(AF_INET, LICDISC_GROUP_DEFAULT, &l->discovery_group.sin_addr);
+        l->peer_timeout = 2 * USEC_PER_SEC;
+        l->inventory_refresh = 30 * USEC_PER_SEC;
 }
 
 static int licensing_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
         struct licensing_config *l = &c->licensing;
         int r;
 
+        for (char **p = l->peers; p && *p; p++) {
+                if (!licdisc_endpoint_valid(*p)) {
+                        snprintf(err, err_size, "%s: [licensing] peers: '%s' is not HOST:PORT", c->path, *p);
+                        return -EINVAL;
+                }
+                for (char **q = l->peers; q < p; q++)
+                        if (strcasecmp(*p, *q) == 0) {
+                                snprintf(err, err_size, "%s: [licensing] peers: '%s' listed twice", c->path,
+                                         *p);
+                                return -EINVAL;
+                        }
+        }
+        if (l->announce_endpoint && !licdisc_endpoint_valid(l->announce_endpoint)) {
+                snprintf(err, err_size, "%s: [licensing] announce-endpoint: '%s' is not HOST:PORT", c->path,
+                         l->announce_endpoint);
+                return -EINVAL;
+        }
+        if (l->site && !licdisc_site_valid(l->site)) {
+                snprintf(err, err_size,
+                         "%s: [licensing] site: '%s' is not 1..63 of letters, digits, '.', '-', '_'",
+                         c->path, l->site);
+                return -EINVAL;
+        }
+        if (!IN_MULTICAST(ntohl(l->discovery_group.sin_addr.s_addr))) {
+                snprintf(err, err_size, "%s: [licensing] discovery-group: not an IPv4 multicast address",
+                         c->path);
+                return -EINVAL;
+        }
+        if (l->discovery_interface &&
+            (!*l->discovery_interface || strlen(l->discovery_interface) >= IF_NAMESIZE)) {
+                snprintf(err, err_size, "%s: [licensing] discovery-interface: '%s' is not an interface name",
+                         c->path, l->discovery_interface);
+                return -EINVAL;
+        }
+        /* Announcements carry the node name; the lend route trusts it. */
+        if (c->roles[TSAGENT_ROLE_LICENSING] && l->announce &&
+            !licdisc_name_valid(c->node_name, LICDISC_NAME_MAX)) {
+                snprintf(err, err_size,
+                         "%s: [licensing] announce: node-name '%s' cannot be announced (1..63 of letters, "
+                         "digits, '.', '-', '_'); set node-name or announce = no",
+                         c->path, c->node_name);
+                return -EINVAL;
+        }
         r = service_config_verify(c, "licensing", &l->service, err, err_size);
         if (r >= 0)
                 r = default_path(&l->signing_key, c->state_directory, "license-signing.key");
@@ -406,6 +474,10 @@ void tsagent_config_free(struct tsagent_config *c) {
         service_config_done(&c->directory.service);
         service_config_done(&c->licensing.service);
         free(c->licensing.signing_key);
+        tsf_strv_free(c->licensing.peers);
+        free(c->licensing.announce_endpoint);
+        free(c->licensing.site);
+        free(c->licensing.discovery_interface);
         free(c);
 }
 

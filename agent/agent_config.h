@@ -106,6 +106,18 @@ struct directory_config {
 struct licensing_config {
         struct service_config service;
         char *signing_key; /* Ed25519 PEM; default: <state-directory>/license-signing.key */
+        /* Peers: other license servers to borrow CALs from and lend to
+         * (docs/licensing.md, "Borrowing"). */
+        char **peers;                       /* HOST:PORT of their APIs, always asked */
+        bool discover_peers;                /* learn peers from their announcements */
+        bool announce;                      /* announce this server by multicast */
+        char *announce_endpoint;            /* HOST:PORT; NULL: the listen address, or the host's */
+        usec_t announce_interval;           /* 30 s */
+        char *site;                         /* announced; NULL: none */
+        struct sockaddr_in discovery_group; /* 239.255.77.77:7402 */
+        char *discovery_interface;          /* NULL: the kernel's route to the group */
+        usec_t peer_timeout;                /* one call to a peer; 2 s */
+        usec_t inventory_refresh;           /* peers' GET /v1/inventory; 30 s */
 };
 
 struct tsagent_config {

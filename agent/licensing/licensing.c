@@ -12,8 +12,9 @@
 #include <systemd/sd-event.h>
 
 #include "agent/licensing/licensing.h"
-#include "agent/service.h"
+#include "agent/licensing/peers.h"
 #include "agent/licensing/store.h"
+#include "agent/service.h"
 #include "tsfarm/api.h"
 #include "tsfarm/cleanup.h"
 #include "tsfarm/clock.h"
@@ -44,9 +45,10 @@ struct licensing {
         struct tsf_api_server *api;
         sd_event_source *expire_timer;
         struct counts counts;
+        struct lic_peers *peers; /* other license servers: borrowing and lending */
 
         /* Counters since start, for /metrics. */
-        uint64_t n_temporary, n_cal, n_renewed, n_revoked, n_no_inventory;
+        uint64_t n_temporary, n_cal, n_renewed, n_revoked, n_no_inventory, n_borrowed, n_lent;
 };
 
 /* "n1" for a node over TLS, "uid 0" for the local socket: for the log. */
@@ -338,15 +340,118 @@ static int on_validate(struct tsf_api_request *req, json_t *body, const struct t
         return *ret_reply ? 200 : -ENOMEM;
 }
 
-/*
- * TODO(issue 5, borrowing): when no local pack has a CAL, ask a peer
- * license server with inventory (configured or discovered, GET
- * /v1/inventory) to issue one and relay its signed answer. Until then the
- * answer is -ENOSPC and the device keeps its temporary token.
- */
-static int borrow_from_peer(struct licensing *l, const struct lic_device *dev, const char *product_version,
-                            const uint8_t presented[static LIC_TOKEN_ID_SIZE], json_t **ret_reply) {
-        return -ENOSPC;
+/* The usual refusal when neither we nor a peer have a CAL. */
+static int no_inventory(struct licensing *l, const char *version, json_t **ret_reply) {
+        l->n_no_inventory++;
+        *ret_reply = tsf_api_error(
+                "no-inventory",
+                "no key pack%s%s has a Device CAL available; the device keeps its temporary "
+                "token",
+                version && *version ? " of product version " : "", version && *version ? version : "");
+        return *ret_reply ? 409 : -ENOMEM;
+}
+
+/* A CAL request waiting for a peer to lend one. */
+struct pending_borrow {
+        struct licensing *l;
+        struct tsf_api_request *req;
+        struct lic_borrow *borrow;
+        char version[LIC_PRODUCT_VERSION_MAX + 1];
+        char device[LIC_DEVICE_NAME_MAX + 1];
+        char user[LIC_USER_NAME_MAX + 1];
+        char who[TSF_API_NODE_MAX + 64];
+};
+
+static void on_borrowed(int r, json_t *answer, const char *lender, const char *why, void *userdata) {
+        struct pending_borrow *pb = userdata;
+        struct licensing *l = pb->l;
+        json_t *reply = NULL;
+        int status;
+
+        if (r < 0) {
+                log_info("No Device CAL for %s (asked by %s): none here and none lent by a peer (%s).",
+                         pb->device, pb->who, why);
+                status = no_inventory(l, pb->version, &reply);
+        } else {
+                const char *id = json_string_value(json_object_get(answer, "token_id")),
+                           *pack = json_string_value(json_object_get(answer, "pack"));
+                uint8_t token_id[LIC_TOKEN_ID_SIZE];
+                char detail[sizeof(pb->who) + 8];
+
+                snprintf(detail, sizeof(detail), "for %s", pb->who);
+                if (tsf_hex_decode(id, strlen(id), token_id, sizeof(token_id), NULL) !=
+                    (ssize_t)sizeof(token_id))
+                        r = -EBADMSG; /* peers.c checked it; cannot happen */
+                else
+                        r = lic_audit_borrow(l->store, token_id, pack, pb->device, pb->user, lender, detail);
+                if (r < 0)
+                        log_warning_errno(r,
+                                          "Failed to audit the Device CAL %s borrowed from %s, relaying it "
+                                          "anyway: %m",
+                                          id, lender);
+                l->n_borrowed++;
+                log_info("Device CAL %s borrowed from %s (pack %s) for %s (asked by %s).", id, lender, pack,
+                         pb->device, pb->who);
+                reply = json_incref(answer);
+                status = 200;
+        }
+        pb->borrow = NULL;
+        if (!reply)
+                status = 500;
+        (void)tsf_api_request_resume(pb->req, status, reply);
+        free(pb);
+}
+
+static void on_borrow_cancel(struct tsf_api_request *req, void *userdata) {
+        struct pending_borrow *pb = userdata;
+
+        lic_borrow_cancel(pb->borrow);
+        free(pb);
+}
+
+/* No local pack has a CAL: ask the peers whose last inventory shows one
+ * (peers.c), relaying the lender's signed answer with "lender" added.
+ * -ENOSPC when no peer qualifies; else the request waits. Never called for
+ * a lend request: a CAL we are asked to lend is ours or none (no loops). */
+static int borrow_from_peer(struct licensing *l, struct tsf_api_request *req,
+                            const struct tsf_api_peer *peer, const struct lic_device *dev,
+                            const char *product_version) {
+        _cleanup_(json_decrefp) json_t *request = NULL;
+        _cleanup_free_ struct pending_borrow *pb = NULL;
+        char hwid[2 * LIC_HARDWARE_ID_MAX + 1];
+        usec_t deadline = 0;
+        int r;
+
+        if (!l->peers)
+                return -ENOSPC;
+        tsf_hex_encode(dev->hardware_id, dev->hardware_id_len, hwid);
+        request = json_pack("{s:s, s:s, s:s}", "hardware_id", hwid, "device_name", dev->device_name,
+                            "user_name", dev->user_name ?: "");
+        pb = calloc(1, sizeof(*pb));
+        if (!request || !pb)
+                return -ENOMEM;
+        if (product_version && *product_version &&
+            json_object_set_new(request, "product_version", json_string(product_version)) < 0)
+                return -ENOMEM;
+        pb->l = l;
+        pb->req = req;
+        snprintf(pb->version, sizeof(pb->version), "%s", product_version ?: "");
+        snprintf(pb->device, sizeof(pb->device), "%s", dev->device_name);
+        snprintf(pb->user, sizeof(pb->user), "%s", dev->user_name ?: "");
+        peer_name(peer, pb->who, sizeof(pb->who));
+        r = lic_peers_borrow(l->peers, request, dev->hardware_id, dev->hardware_id_len, product_version,
+                             on_borrowed, pb, &pb->borrow, &deadline);
+        if (r < 0)
+                return r;
+        /* The borrow ends by itself within its deadline; the request's own
+         * is a backstop. */
+        r = tsf_api_request_suspend(req, deadline + USEC_PER_SEC, on_borrow_cancel, pb);
+        if (r < 0) {
+                lic_borrow_cancel(pb->borrow);
+                return r;
+        }
+        TAKE_PTR(pb);
+        return TSF_API_SUSPENDED;
 }
 
 static int on_cal(struct tsf_api_request *req, json_t *body, const struct tsf_api_peer *peer,
@@ -365,16 +470,9 @@ static int on_cal(struct tsf_api_request *req, json_t *body, const struct tsf_ap
                 return r;
         r = lic_cal_issue(l->store, &d.dev, version, presented, NULL, &rec, &reason);
         if (r == -ENOSPC) {
-                r = borrow_from_peer(l, &d.dev, version, presented, ret_reply);
-                if (r == -ENOSPC) {
-                        l->n_no_inventory++;
-                        *ret_reply = tsf_api_error("no-inventory",
-                                                   "no key pack%s%s has a Device CAL available; the device "
-                                                   "keeps its temporary token",
-                                                   version && *version ? " of product version " : "",
-                                                   version && *version ? version : "");
-                        return 409;
-                }
+                r = borrow_from_peer(l, req, peer, &d.dev, version);
+                if (r == -ENOSPC)
+                        return no_inventory(l, version, ret_reply);
                 return r;
         }
         if (r < 0)
@@ -392,6 +490,59 @@ static int on_cal(struct tsf_api_request *req, json_t *body, const struct tsf_ap
                          rec.pack_id, peer_name(peer, who, sizeof(who)));
         }
         return token_answer(l, &rec, ret_reply);
+}
+
+/* POST /v1/licenses/lend: a peer license server relays a CAL request of
+ * its own terminal server, having none itself. Only a known peer may ask
+ * (its certificate's CN, see peers.h); we lend from our packs or answer
+ * no-inventory, never asking further peers ourselves (no loops). */
+static int on_lend(struct tsf_api_request *req, json_t *body, const struct tsf_api_peer *peer,
+                   json_t **ret_reply, void *userdata) {
+        struct licensing *l = userdata;
+        struct device_fields d;
+        struct lic_token rec;
+        const char *version, *reason = NULL;
+        char id[TOKEN_ID_HEX + 1];
+        int r;
+
+        if (peer->transport != TSF_API_TRANSPORT_TLS || !lic_peers_is_peer(l->peers, peer->node)) {
+                *ret_reply = tsf_api_error(
+                        "not-a-peer", "only a peer license server (configured or announced) may borrow");
+                return 403;
+        }
+        if ((r = require_body(body, ret_reply)) || (r = field_device(body, true, &d, ret_reply)) ||
+            (r = field_version(body, "product_version", &version, ret_reply)))
+                return r;
+        r = lic_cal_lend(l->store, &d.dev, version, peer->node, NULL, &rec, &reason);
+        if (r == -ENOSPC) {
+                *ret_reply =
+                        tsf_api_error("no-inventory", "no key pack%s%s has a Device CAL available to lend",
+                                      version && *version ? " of product version " : "",
+                                      version && *version ? version : "");
+                return 409;
+        }
+        if (r < 0)
+                return store_refusal(r, reason, "lend a Device CAL", ret_reply);
+        changed(l);
+        if (r == 0) {
+                l->n_lent++;
+                tsf_hex_encode(rec.token_id, sizeof(rec.token_id), id);
+                log_info("Device CAL %s lent from pack %s to peer license server %s.", id, rec.pack_id,
+                         peer->node);
+        }
+        r = token_answer(l, &rec, ret_reply);
+        if (r == 200 && rec.lent_to[0] &&
+            json_object_set_new(*ret_reply, "lent_to", json_string(rec.lent_to)) < 0)
+                return -ENOMEM;
+        return r;
+}
+
+static int on_peers(struct tsf_api_request *req, json_t *body, const struct tsf_api_peer *peer,
+                    json_t **ret_reply, void *userdata) {
+        struct licensing *l = userdata;
+
+        *ret_reply = l->peers ? lic_peers_to_json(l->peers) : json_pack("{s:[]}", "peers");
+        return *ret_reply ? 200 : -ENOMEM;
 }
 
 struct inventory {
@@ -702,6 +853,8 @@ static const struct tsf_api_route licensing_routes[] = {
         {"POST", "/v1/licenses/temporary", TSF_API_BODY, on_temporary},
         {"POST", "/v1/licenses/validate", TSF_API_BODY, on_validate},
         {"POST", "/v1/licenses/cal", TSF_API_BODY, on_cal},
+        {"POST", "/v1/licenses/lend", TSF_API_BODY, on_lend},
+        {"GET", "/v1/peers", TSF_API_LOCAL, on_peers},
         {"GET", "/v1/inventory", 0, on_inventory},
         {"POST", "/v1/packs", TSF_API_BODY | TSF_API_LOCAL, on_pack_install},
         {"GET", "/v1/packs", TSF_API_LOCAL, on_packs},
@@ -762,6 +915,18 @@ static double metric_n_revoked(void *userdata) {
 static double metric_n_no_inventory(void *userdata) {
         return (double)((struct licensing *)userdata)->n_no_inventory;
 }
+static double metric_n_borrowed(void *userdata) {
+        return (double)((struct licensing *)userdata)->n_borrowed;
+}
+static double metric_n_lent(void *userdata) {
+        return (double)((struct licensing *)userdata)->n_lent;
+}
+static double metric_peers_known(void *userdata) {
+        return (double)lic_peers_known(((struct licensing *)userdata)->peers);
+}
+static double metric_peers_reachable(void *userdata) {
+        return (double)lic_peers_reachable(((struct licensing *)userdata)->peers);
+}
 
 static const struct service_metric licensing_metrics[] = {
         {"tsfarm_licensing_packs_installed", "Key packs installed.", TSF_METRIC_GAUGE, metric_packs},
@@ -779,8 +944,17 @@ static const struct service_metric licensing_metrics[] = {
         {"tsfarm_licensing_cals_revoked_total", "Device CALs revoked since start.", TSF_METRIC_COUNTER,
          metric_n_revoked},
         {"tsfarm_licensing_no_inventory_total",
-         "CAL requests refused since start: no pack had one available.", TSF_METRIC_COUNTER,
-         metric_n_no_inventory},
+         "CAL requests refused since start: no pack had one available, here or at a peer.",
+         TSF_METRIC_COUNTER, metric_n_no_inventory},
+        {"tsfarm_licensing_cals_borrowed_total",
+         "Device CALs borrowed from peer license servers since start.", TSF_METRIC_COUNTER,
+         metric_n_borrowed},
+        {"tsfarm_licensing_cals_lent_total", "Device CALs lent to peer license servers since start.",
+         TSF_METRIC_COUNTER, metric_n_lent},
+        {"tsfarm_licensing_peers_known", "Peer license servers known (configured or announced).",
+         TSF_METRIC_GAUGE, metric_peers_known},
+        {"tsfarm_licensing_peers_reachable", "Peer license servers whose last inventory call succeeded.",
+         TSF_METRIC_GAUGE, metric_peers_reachable},
 };
 
 /* ---- the signing key -------------------------------------------------------- */
@@ -960,9 +1134,42 @@ static int licensing_start(void *userdata) {
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the license expiry timer: %m");
 
+        {
+                const struct lic_peers_setup ps = {
+                        .event = l->manager->event,
+                        .config = lc,
+                        .node_name = l->manager->config->node_name,
+                        .key_id = tsf_lic_key_id(l->key),
+                        .port = c->certificate ? tsf_api_server_port(l->api) : 0,
+                };
+
+                r = lic_peers_new(&ps, &l->peers);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to set up the peer license servers: %m");
+                r = lic_peers_start(l->peers);
+                if (r < 0)
+                        return r;
+        }
+
         service_endpoints(c, l->api, endpoints, sizeof(endpoints));
         log_info("License server serving %s on %s.", c->database, endpoints);
         return 0;
+}
+
+static bool strv_equal(char *const *a, char *const *b) {
+        for (; a && *a && b && *b; a++, b++)
+                if (strcmp(*a, *b) != 0)
+                        return false;
+        return !(a && *a) && !(b && *b);
+}
+
+static bool peers_config_changed(const struct licensing_config *a, const struct licensing_config *b) {
+        return !strv_equal(a->peers, b->peers) || a->discover_peers != b->discover_peers ||
+               a->announce != b->announce || !streq_ptr(a->announce_endpoint, b->announce_endpoint) ||
+               a->announce_interval != b->announce_interval || !streq_ptr(a->site, b->site) ||
+               memcmp(&a->discovery_group, &b->discovery_group, sizeof(a->discovery_group)) != 0 ||
+               !streq_ptr(a->discovery_interface, b->discovery_interface) ||
+               a->peer_timeout != b->peer_timeout || a->inventory_refresh != b->inventory_refresh;
 }
 
 static int licensing_reload(void *userdata, const struct tsagent_config *c) {
@@ -971,7 +1178,7 @@ static int licensing_reload(void *userdata, const struct tsagent_config *c) {
         const struct licensing_config *new = &c->licensing;
 
         if (service_config_changed(&old->service, &new->service) ||
-            !streq_ptr(old->signing_key, new->signing_key))
+            !streq_ptr(old->signing_key, new->signing_key) || peers_config_changed(old, new))
                 log_warning("[licensing] settings change only on restart, ignoring the new values.");
         return 0;
 }
@@ -982,7 +1189,9 @@ static void licensing_free(void *userdata) {
         if (!l)
                 return;
         sd_event_source_disable_unref(l->expire_timer);
+        /* The server first: its suspended requests cancel their borrows. */
         tsf_api_server_free(l->api);
+        lic_peers_free(l->peers);
         tsf_lic_key_free(l->key);
         lic_store_close(l->store);
         free(l);

@@ -198,12 +198,111 @@ static void test_role_names(void **state) {
         assert_null(tsagent_role_to_string(_TSAGENT_ROLE_MAX));
 }
 
+static void test_licensing_peers(void **state) {
+        struct tsagent_config *c = NULL;
+        char err[TSF_CONFIG_ERROR_MAX] = "",
+             *path = write_conf("[agent]\nroles = licensing\nnode-name = lic1\n");
+        const struct licensing_config *l;
+
+        /* Defaults: discover and announce on the default group, no peers. */
+        assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), 0);
+        unlink(path);
+        l = &c->licensing;
+        assert_null(l->peers);
+        assert_true(l->discover_peers);
+        assert_true(l->announce);
+        assert_null(l->announce_endpoint);
+        assert_int_equal(l->announce_interval, 30 * USEC_PER_SEC);
+        assert_null(l->site);
+        assert_int_equal(l->discovery_group.sin_addr.s_addr, inet_addr("239.255.77.77"));
+        assert_int_equal(ntohs(l->discovery_group.sin_port), 7402);
+        assert_null(l->discovery_interface);
+        assert_int_equal(l->peer_timeout, 2 * USEC_PER_SEC);
+        assert_int_equal(l->inventory_refresh, 30 * USEC_PER_SEC);
+        tsagent_config_free(c);
+
+        path = write_conf(
+                "[agent]\nroles = licensing\nnode-name = lic1\n"
+                "[licensing]\npeers = 10.0.0.2:7401 lic3.corp.example:7401\npeers = [fd00::5]:7401\n"
+                "discover-peers = no\nannounce = no\nannounce-endpoint = 10.0.0.1:7401\n"
+                "announce-interval = 5s\nsite = berlin\ndiscovery-group = 239.255.1.2\n"
+                "discovery-interface = eth1\npeer-timeout = 500ms\ninventory-refresh = 1min\n");
+        assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), 0);
+        unlink(path);
+        l = &c->licensing;
+        assert_int_equal(tsf_strv_length(l->peers), 3);
+        assert_string_equal(l->peers[0], "10.0.0.2:7401");
+        assert_string_equal(l->peers[1], "lic3.corp.example:7401");
+        assert_string_equal(l->peers[2], "[fd00::5]:7401");
+        assert_false(l->discover_peers);
+        assert_false(l->announce);
+        assert_string_equal(l->announce_endpoint, "10.0.0.1:7401");
+        assert_int_equal(l->announce_interval, 5 * USEC_PER_SEC);
+        assert_string_equal(l->site, "berlin");
+        /* Without :port the group keeps the default port. */
+        assert_int_equal(l->discovery_group.sin_addr.s_addr, inet_addr("239.255.1.2"));
+        assert_int_equal(ntohs(l->discovery_group.sin_port), 7402);
+        assert_string_equal(l->discovery_interface, "eth1");
+        assert_int_equal(l->peer_timeout, 500 * USEC_PER_MSEC);
+        assert_int_equal(l->inventory_refresh, USEC_PER_MINUTE);
+        tsagent_config_free(c);
+}
+
+static void test_licensing_peers_refused(void **state) {
+        static const struct {
+                const char *text;
+                const char *error;
+        } cases[] = {
+                {"[licensing]\npeers = 10.0.0.2\n", "[licensing] peers: '10.0.0.2' is not HOST:PORT"},
+                {"[licensing]\npeers = 10.0.0.2:0\n", "'10.0.0.2:0' is not HOST:PORT"},
+                {"[licensing]\npeers = a:1 A:1\n", "peers: 'A:1' listed twice"},
+                {"[licensing]\nannounce-endpoint = 0.0.0.0\n",
+                 "announce-endpoint: '0.0.0.0' is not HOST:PORT"},
+                {"[licensing]\nsite = two words\n", "[licensing] site: 'two words'"},
+                {"[licensing]\ndiscovery-group = 10.0.0.1:7402\n", "discovery-group: not an IPv4 multicast"},
+                {"[licensing]\ndiscovery-interface = abcdefghijklmnopq\n", "discovery-interface"},
+                {"[licensing]\nannounce-interval = 50ms\n", "announce-interval"},
+                {"[licensing]\npeer-timeout = 0\n", "peer-timeout"},
+                {"[licensing]\npeer-timeout = 2min\n", "peer-timeout"},
+                {"[licensing]\ninventory-refresh = 10ms\n", "inventory-refresh"},
+                {"[licensing]\ndiscover-peers = maybe\n", "discover-peers"},
+                {"[agent]\nroles = licensing\nnode-name = lic 1\n", "node-name 'lic 1' cannot be announced"},
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct tsagent_config *c = NULL;
+                char err[TSF_CONFIG_ERROR_MAX] = "", *path = write_conf(cases[i].text);
+                int r = tsagent_config_load(path, &c, err, sizeof(err));
+
+                unlink(path);
+                if (r >= 0 || !strstr(err, cases[i].error))
+                        fail_msg("case %zu: r=%d err='%s', want '%s'", i, r, err, cases[i].error);
+                assert_null(c);
+        }
+        /* A node name that cannot be announced is fine when not announcing. */
+        {
+                struct tsagent_config *c = NULL;
+                char err[TSF_CONFIG_ERROR_MAX] = "",
+                     *path = write_conf(
+                             "[agent]\nroles = licensing\nnode-name = lic 1\n[licensing]\nannounce = no\n");
+
+                assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), 0);
+                unlink(path);
+                tsagent_config_free(c);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_defaults),     cmocka_unit_test(test_roles_and_values),
-                cmocka_unit_test(test_bad_role),     cmocka_unit_test(test_bad_key),
-                cmocka_unit_test(test_host_section), cmocka_unit_test(test_host_cross_checks),
+                cmocka_unit_test(test_defaults),
+                cmocka_unit_test(test_roles_and_values),
+                cmocka_unit_test(test_bad_role),
+                cmocka_unit_test(test_bad_key),
+                cmocka_unit_test(test_host_section),
+                cmocka_unit_test(test_host_cross_checks),
                 cmocka_unit_test(test_role_names),
+                cmocka_unit_test(test_licensing_peers),
+                cmocka_unit_test(test_licensing_peers_refused),
         };
         return cmocka_run_group_tests_name("agent_config", tests, NULL, NULL);
 }
