@@ -71,6 +71,24 @@ static const struct tsf_config_item agent_items[] = {
         {"host", "disconnect-grace", tsf_config_parse_duration, OFF(host.disconnect_grace), 0,
          5 * USEC_PER_MINUTE},
         {"host", "socket", tsf_config_parse_path, OFF(host.socket), 0, 0},
+        {"host", "licensing", tsf_config_parse_bool, OFF(host.licensing), 0, 0},
+        {"host", "license-servers", tsf_config_parse_strv, OFF(host.license_servers), 0, 0},
+        {"host", "license-domain", tsf_config_parse_string, OFF(host.license_domain), 0, 0},
+        {"host", "license-discovery", tsf_config_parse_bool, OFF(host.license_discovery), 0, 0},
+        {"host", "license-discovery-group", tsf_config_parse_endpoint, OFF(host.license_discovery_group), 0,
+         0},
+        {"host", "license-discovery-interface", tsf_config_parse_string,
+         OFF(host.license_discovery_interface), 0, 0},
+        {"host", "site", tsf_config_parse_string, OFF(host.site), 0, 0},
+        {"host", "trusted-license-keys", tsf_config_parse_path, OFF(host.trusted_license_keys), 0, 0},
+        {"host", "product-version", tsf_config_parse_string, OFF(host.product_version), 0, 0},
+        {"host", "license-grace-period", tsf_config_parse_duration, OFF(host.license_grace_period),
+         USEC_PER_SEC, 365 * USEC_PER_DAY},
+        {"host", "license-timeout", tsf_config_parse_duration, OFF(host.license_timeout), 10 * USEC_PER_MSEC,
+         USEC_PER_MINUTE},
+        {"host", "license-rediscovery-wait", tsf_config_parse_duration, OFF(host.license_rediscovery_wait),
+         0, USEC_PER_MINUTE},
+        {"host", "license-state", tsf_config_parse_path, OFF(host.license_state), 0, 0},
         {"directory", "database", tsf_config_parse_path, OFF(directory.service.database), 0, 0},
         {"directory", "listen", tsf_config_parse_endpoint, OFF(directory.service.listen), 0, 0},
         {"directory", "certificate", tsf_config_parse_path, OFF(directory.service.certificate), 0, 0},
@@ -242,6 +260,7 @@ static int default_path(char **field, const char *dir, const char *name) {
 
 static int host_config_verify(struct tsagent_config *c, char *err, size_t err_size) {
         struct host_config *h = &c->host;
+        int r;
 
         for (size_t i = 0; i < h->n_nodes; i++) {
                 struct host_node_config *n = &h->nodes[i];
@@ -315,7 +334,19 @@ static int host_config_verify(struct tsagent_config *c, char *err, size_t err_si
                 snprintf(err, err_size, "%s: [host] placement = farm needs a directory", c->path);
                 return -EINVAL;
         }
-        return default_path(&h->socket, c->runtime_directory, "agent.sock");
+        if (h->licensing && !(h->directory_certificate && h->directory_key && h->directory_ca)) {
+                snprintf(err, err_size,
+                         "%s: [host] licensing = yes needs certificate, key and ca (license servers "
+                         "answer only farm nodes)",
+                         c->path);
+                return -EINVAL;
+        }
+        r = default_path(&h->trusted_license_keys, "/etc/tsfarm", "license-keys");
+        if (r >= 0)
+                r = default_path(&h->license_state, c->state_directory, "license-grace.json");
+        if (r >= 0)
+                r = default_path(&h->socket, c->runtime_directory, "agent.sock");
+        return r;
 }
 
 static const struct tsf_config_spec agent_spec = {
@@ -341,6 +372,11 @@ static void host_config_defaults(struct host_config *h) {
         h->sessions_max = 65536;
         h->track_sessions = true;
         h->disconnect_grace = 2 * USEC_PER_SEC;
+        h->license_discovery = true;
+        h->license_discovery_group = (struct sockaddr_in){.sin_family = AF_INET};
+        h->license_grace_period = 120 * USEC_PER_DAY;
+        h->license_timeout = 2 * USEC_PER_SEC;
+        h->license_rediscovery_wait = USEC_PER_SEC;
 }
 
 static void host_config_done(struct host_config *h) {
@@ -360,6 +396,13 @@ static void host_config_done(struct host_config *h) {
         free(h->directory_ca);
         free(h->placement_raw);
         free(h->socket);
+        tsf_strv_free(h->license_servers);
+        free(h->license_domain);
+        free(h->license_discovery_interface);
+        free(h->site);
+        free(h->trusted_license_keys);
+        free(h->product_version);
+        free(h->license_state);
 }
 
 static void service_config_done(struct service_config *v) {

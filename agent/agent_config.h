@@ -75,6 +75,20 @@ struct host_config {
         bool track_sessions;
         usec_t disconnect_grace; /* last connection gone this long: disconnected */
         char *socket;            /* the local API; default <runtime-directory>/agent.sock */
+        /* The licensing client (agent/host/licclient.h); off unless licensing. */
+        bool licensing;
+        char **license_servers; /* HOST:PORT, asked in this order after discovered ones */
+        char *license_domain;   /* DNS SRV _tslicensing._tcp.<domain>; NULL: none */
+        bool license_discovery; /* multicast announcements of the workgroup */
+        struct sockaddr_in license_discovery_group;
+        char *license_discovery_interface;
+        char *site;                      /* this host's site: its license servers first */
+        char *trusted_license_keys;      /* directory of license servers' public keys (*.pem) */
+        char *product_version;           /* asked of license servers; NULL: any */
+        usec_t license_grace_period;     /* 120 days */
+        usec_t license_timeout;          /* one call to a license server */
+        usec_t license_rediscovery_wait; /* after none answered: listen this long, then retry */
+        char *license_state;             /* the grace period's file */
 
         struct host_node_config *nodes;
         size_t n_nodes;

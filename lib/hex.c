@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <stdbool.h>
+#include <string.h>
 
 #include "tsfarm/hex.h"
 
@@ -118,4 +119,16 @@ int tsf_hex_looks_like_hex(const uint8_t *buf, size_t len) {
                 return 0;
         }
         return 1;
+}
+
+ssize_t tsf_hex_decode_strict(const char *text, uint8_t *buf, size_t min, size_t max) {
+        size_t n = strlen(text);
+
+        if (n % 2 != 0 || n / 2 < min || n / 2 > max)
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++)
+                if (!((text[i] >= '0' && text[i] <= '9') || (text[i] >= 'a' && text[i] <= 'f') ||
+                      (text[i] >= 'A' && text[i] <= 'F')))
+                        return -EINVAL;
+        return tsf_hex_decode(text, n, buf, max, NULL);
 }

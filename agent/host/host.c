@@ -11,6 +11,7 @@
 #include "agent/host/addrs.h"
 #include "agent/host/datapath.h"
 #include "agent/host/dirclient.h"
+#include "agent/host/licclient.h"
 #include "agent/host/gateway.h"
 #include "agent/host/host.h"
 #include "agent/host/sockdiag.h"
@@ -59,6 +60,7 @@ struct host {
         struct dirclient *dirclient; /* NULL: no [host] directory */
         struct tracker *tracker;     /* NULL: track-sessions = no, or no directory */
         struct tsf_api_server *api;  /* the local API */
+        struct licclient *licclient; /* [host] licensing = yes */
         struct pending *pending;
         struct client_user client_users[CLIENT_USERS];
         struct tracked_conn *conns;
@@ -841,6 +843,8 @@ static int host_api_start(struct host *h) {
                 r = tsf_api_metric_add(h->api, "tsfarm_host_directory_events_delivered_total",
                                        "Session events the directory accepted.", TSF_METRIC_COUNTER,
                                        metric_delivered, h);
+        if (r >= 0 && h->licclient)
+                r = licclient_serve(h->licclient, h->api);
         if (r >= 0)
                 r = tsf_api_server_start(h->api);
         if (r < 0)
@@ -935,6 +939,11 @@ static int host_start(void *userdata) {
                 }
         }
         gateway_set_relay_observer(h->gateway, on_relay, h);
+        if (h->config->licensing) {
+                r = licclient_new(h->manager->event, h->config, &h->licclient);
+                if (r < 0)
+                        return r;
+        }
         r = host_api_start(h);
         if (r < 0)
                 return r;
@@ -967,6 +976,8 @@ static int host_reload(void *userdata, const struct tsagent_config *c) {
         h->self = self;
         if (h->tracker)
                 tracker_set_grace(h->tracker, c->host.disconnect_grace);
+        if (old->licensing != c->host.licensing)
+                log_warning("[host] licensing changes only on restart, ignoring the new value.");
         r = datapath_set_config(h->datapath, self->id, c->host.rdp_port);
         if (r >= 0)
                 r = host_sync_nodes(h);
@@ -978,6 +989,7 @@ static int host_reload(void *userdata, const struct tsagent_config *c) {
                 h->self = host_config_find_node(old, h->manager->config->node_name);
                 return r;
         }
+        licclient_reload(h->licclient, &c->host);
         return 0;
 }
 
@@ -991,6 +1003,7 @@ static void host_free(void *userdata) {
          * Its relays end with it; that is not news for the directory. */
         h->stopping = true;
         tsf_api_server_free(h->api);
+        licclient_free(h->licclient);
         gateway_free(h->gateway);
         while (h->pending)
                 pending_free(h->pending);

@@ -312,6 +312,11 @@ static const struct tsctl_option license_report_options[] = {
         {},
 };
 
+static const struct tsctl_option license_diagnose_options[] = {
+        {"agent-socket", "PATH", LICDIAG_OPT_SOCKET, "The host agent's local API socket"},
+        {},
+};
+
 static const struct tsctl_option license_verify_options[] = {
         {"trust", "DIR", LICENSE_OPT_TRUST, "Directory of trusted license-server keys (*.pem)"},
         {"hardware-id", "HEX", LICENSE_OPT_HARDWARE_ID, "The device's hardware id (16..64 bytes)"},
@@ -434,6 +439,29 @@ static const struct tsctl_verb license_verbs[] = {
                         "tsctl license verify \"$TOKEN\" --trust /etc/tsfarm/license-keys --hardware-id "
                         "00112233445566778899aabbccddeeff\n"
                         "echo \"$TOKEN\" | tsctl license verify - --trust keys --hardware-id $HWID --json\n",
+        },
+        {
+                .name = "diagnose",
+                .synopsis = "[--agent-socket PATH] [--json]",
+                .fn = verb_license_diagnose,
+                .options = license_diagnose_options,
+                .parse_option = licdiag_parse_option,
+                .summary = "On a terminal server: the license servers found and the grace period",
+                .help = "Asks this terminal server's host agent (its licensing client) which\n"
+                        "license servers it found (multicast, DNS SRV, configuration), asks\n"
+                        "each for its inventory now, and shows whether each is reachable,\n"
+                        "trusted (its signing key is in the trusted-keys directory) and has\n"
+                        "Device CALs available, with the grace period's state. Every problem\n"
+                        "has a reason code: unreachable, tls-rejected, untrusted,\n"
+                        "no-inventory for a server; no-license-server, none-usable,\n"
+                        "no-trusted-keys, grace-active, grace-expired for the host.\n"
+                        "\n"
+                        "Talks to the host agent over its UNIX socket: --agent-socket, else\n"
+                        "$TSFARM_AGENT_SOCKET, else /run/tsfarm/agent.sock ([host] socket).\n"
+                        "Exit status: 0 this host can license devices, 1 a host problem is\n"
+                        "listed (or the agent could not be reached), 2 usage error or failure.\n",
+                .examples = "tsctl license diagnose\n"
+                            "tsctl license diagnose --json | jq '.servers[] | select(.reachable | not)'\n",
         },
         {},
 };
@@ -579,9 +607,8 @@ static const struct tsctl_verb verbs[] = {
                 .help = "Administers tsagent's licensing role (the license server) over its local\n"
                         "socket: install key packs of Device CALs, list packs and issuance\n"
                         "records, print the report, revoke a CAL. \"verify\" checks a token\n"
-                        "offline against trusted keys, like a terminal server.\n"
-                        "(\"diagnose\", which asks the host role's licensing client, comes with\n"
-                        "that client.)\n"
+                        "offline against trusted keys, like a terminal server; \"diagnose\" asks a\n"
+                        "terminal server's licensing client what it found.\n"
                         "\n" LICENSE_HELP_SOCKET,
                 .examples = "tsctl license install-pack ACME-2025-001 --version 2025 --count 250\n"
                             "tsctl license packs\n"

@@ -232,3 +232,11 @@ int columns_print(const struct columns *t, FILE *f);
 /* Prints a JSON value to stdout, indented, with a final newline. Returns 0
  * or a negative errno (logged). */
 int tsctl_json_print(json_t *v);
+
+/* license_diagnose.c: the host role's licensing client, over the agent's
+ * local socket. */
+enum {
+        LICDIAG_OPT_SOCKET = 0x600,
+};
+int licdiag_parse_option(int val, const char *arg);
+int verb_license_diagnose(int argc, char *argv[]);

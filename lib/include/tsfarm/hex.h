@@ -17,3 +17,8 @@ void tsf_hex_encode(const uint8_t *buf, size_t len, char *out);
 
 /* Whether the text consists only of what tsf_hex_decode accepts. */
 int tsf_hex_looks_like_hex(const uint8_t *buf, size_t len);
+
+/* The one spelling the APIs accept: exactly two hex digits per byte (either
+ * case), nothing else, min..max bytes. Returns the number of bytes, or
+ * -EINVAL for anything else. */
+ssize_t tsf_hex_decode_strict(const char *text, uint8_t *buf, size_t min, size_t max);
