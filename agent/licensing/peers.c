@@ -188,6 +188,13 @@ static bool peer_has_cal(const struct peer *e, const char *version) {
         return false;
 }
 
+/* A reachable peer whose last inventory showed nothing may have had a pack
+ * installed since (inventories are read every inventory-refresh): it is
+ * asked after the peers that showed CALs; a lend refused costs one call. */
+static bool peer_askable(const struct peer *e) {
+        return !e->self && e->reachable;
+}
+
 /* Logs a peer's change of state once: reachable again, or not. */
 static void peer_failed(struct peer *e, const char *fmt, ...) _printf_(2, 3);
 static void peer_failed(struct peer *e, const char *fmt, ...) {
@@ -751,8 +758,7 @@ static bool borrow_next(struct lic_borrow *b) {
                 char url[LICDISC_ENDPOINT_MAX + 32];
                 int r;
 
-                if (!e || (!peer_has_cal(e, b->version) &&
-                           !(e->reachable && in_doubt_find(p, b->device_hash, e->endpoint))))
+                if (!e || !peer_askable(e))
                         continue;
                 snprintf(b->asking, sizeof(b->asking), "%s", e->endpoint);
                 snprintf(url, sizeof(url), "https://%s/v1/licenses/lend", e->endpoint);
@@ -780,11 +786,11 @@ int lic_peers_borrow(struct lic_peers *p, json_t *request, const uint8_t *hardwa
         if (r < 0)
                 return r;
         /* A peer that may hold a CAL lent for this device already comes
-         * first; then the peers with CALs available, in order. */
+         * first; then the peers with CALs available, in order; then the
+         * other reachable ones (their inventory may be stale). */
         doubt = in_doubt_find(p, hash, NULL);
         for (struct peer *e = p->peers; e; e = e->next)
-                n += peer_has_cal(e, product_version) ||
-                     (doubt && strcasecmp(doubt->endpoint, e->endpoint) == 0);
+                n += peer_askable(e) || (doubt && strcasecmp(doubt->endpoint, e->endpoint) == 0);
         if (n == 0)
                 return -ENOSPC;
 
@@ -801,10 +807,11 @@ int lic_peers_borrow(struct lic_peers *p, json_t *request, const uint8_t *hardwa
         memcpy(b->device_hash, hash, sizeof(hash));
         if (doubt && peer_find(p, doubt->endpoint))
                 snprintf(b->endpoints[b->n++], sizeof(b->endpoints[0]), "%s", doubt->endpoint);
-        for (struct peer *e = p->peers; e && b->n < n; e = e->next)
-                if (peer_has_cal(e, product_version) &&
-                    !(doubt && strcasecmp(doubt->endpoint, e->endpoint) == 0))
-                        snprintf(b->endpoints[b->n++], sizeof(b->endpoints[0]), "%s", e->endpoint);
+        for (int pass = 0; pass < 2; pass++)
+                for (struct peer *e = p->peers; e && b->n < n; e = e->next)
+                        if (peer_askable(e) && peer_has_cal(e, product_version) == (pass == 0) &&
+                            !(doubt && strcasecmp(doubt->endpoint, e->endpoint) == 0))
+                                snprintf(b->endpoints[b->n++], sizeof(b->endpoints[0]), "%s", e->endpoint);
         snprintf(b->version, sizeof(b->version), "%s", product_version ?: "");
         b->request = json_incref(request);
         b->done = done;
