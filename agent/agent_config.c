@@ -341,6 +341,11 @@ static int host_config_verify(struct tsagent_config *c, char *err, size_t err_si
                          c->path);
                 return -EINVAL;
         }
+        if (h->license_discovery_group.sin_addr.s_addr != 0 &&
+            !IN_MULTICAST(ntohl(h->license_discovery_group.sin_addr.s_addr))) {
+                snprintf(err, err_size, "%s: [host] license-discovery-group: not a multicast group", c->path);
+                return -EINVAL;
+        }
         r = default_path(&h->trusted_license_keys, "/etc/tsfarm", "license-keys");
         if (r >= 0)
                 r = default_path(&h->license_state, c->state_directory, "license-grace.json");

@@ -177,6 +177,10 @@ static void test_host_cross_checks(void **state) {
                 {"[host]\nplacement = farm\n", "[host] placement = farm needs a directory"},
                 {"[host]\nsessions-max = 10\n", "sessions-max"},
                 {"[host]\ndirectory-query-timeout = 0\n", "directory-query-timeout"},
+                {"[host]\nlicensing = yes\n", "[host] licensing = yes needs certificate, key and ca"},
+                {"[host]\nlicense-grace-period = 400d\n", "license-grace-period"},
+                {"[host]\nlicense-timeout = 0\n", "license-timeout"},
+                {"[host]\nlicense-discovery-group = 10.0.0.1:7402\n", "license-discovery-group: not a multicast group"},
         };
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -189,6 +193,46 @@ static void test_host_cross_checks(void **state) {
                         fail_msg("case %zu: r=%d err='%s', want '%s'", i, r, err, cases[i].error);
                 assert_null(c);
         }
+}
+
+static void test_host_licensing(void **state) {
+        struct tsagent_config *c = NULL;
+        char err[TSF_CONFIG_ERROR_MAX] = "", *path = write_conf("[agent]\nstate-directory = /var/lib/x\n");
+
+        /* Off by default; the defaults an operator relies on. */
+        assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), 0);
+        unlink(path);
+        assert_false(c->host.licensing);
+        assert_true(c->host.license_discovery);
+        assert_int_equal(c->host.license_grace_period, 120 * USEC_PER_DAY);
+        assert_int_equal(c->host.license_timeout, 2 * USEC_PER_SEC);
+        assert_int_equal(c->host.license_rediscovery_wait, USEC_PER_SEC);
+        assert_string_equal(c->host.trusted_license_keys, "/etc/tsfarm/license-keys");
+        assert_string_equal(c->host.license_state, "/var/lib/x/license-grace.json");
+        assert_null(c->host.license_servers);
+        tsagent_config_free(c);
+
+        path = write_conf("[host]\nlicensing = yes\ncertificate = /c.crt\nkey = /c.key\nca = /ca.crt\n"
+                          "license-servers = 10.0.0.5:7401 lic2.example:7401\nlicense-servers = 10.0.0.6:7401\n"
+                          "license-domain = corp.example\nlicense-discovery = no\nsite = berlin\n"
+                          "trusted-license-keys = /k\nproduct-version = 2026\nlicense-grace-period = 30d\n"
+                          "license-timeout = 500ms\nlicense-rediscovery-wait = 0\nlicense-state = /s/g.json\n");
+        c = NULL;
+        assert_int_equal(tsagent_config_load(path, &c, err, sizeof(err)), 0);
+        unlink(path);
+        assert_true(c->host.licensing);
+        assert_int_equal(tsf_strv_length(c->host.license_servers), 3);
+        assert_string_equal(c->host.license_servers[2], "10.0.0.6:7401");
+        assert_string_equal(c->host.license_domain, "corp.example");
+        assert_false(c->host.license_discovery);
+        assert_string_equal(c->host.site, "berlin");
+        assert_string_equal(c->host.trusted_license_keys, "/k");
+        assert_string_equal(c->host.product_version, "2026");
+        assert_int_equal(c->host.license_grace_period, 30 * USEC_PER_DAY);
+        assert_int_equal(c->host.license_timeout, 500 * USEC_PER_MSEC);
+        assert_int_equal(c->host.license_rediscovery_wait, 0);
+        assert_string_equal(c->host.license_state, "/s/g.json");
+        tsagent_config_free(c);
 }
 
 static void test_role_names(void **state) {
@@ -301,6 +345,7 @@ int main(void) {
                 cmocka_unit_test(test_host_section),
                 cmocka_unit_test(test_host_cross_checks),
                 cmocka_unit_test(test_role_names),
+                cmocka_unit_test(test_host_licensing),
                 cmocka_unit_test(test_licensing_peers),
                 cmocka_unit_test(test_licensing_peers_refused),
         };
