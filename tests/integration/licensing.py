@@ -54,6 +54,9 @@ listen = 127.0.0.1:{port}
 certificate = {ca_dir}/lic.crt
 key = {ca_dir}/lic.key
 ca = {ca_dir}/ca.crt
+# A server alone on loopback: nothing to announce or learn on the host's network.
+announce = no
+discover-peers = no
 """)
 
 
