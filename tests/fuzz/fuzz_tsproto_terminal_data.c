@@ -1,0 +1,5 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* libFuzzer target for the terminal data body decoder of lib/tsproto.c; the
+ * checks are in tsproto_body.h. */
+#define FUZZ_PDU_TYPE TSF_PDU_TERMINAL_DATA
+#include "tsproto_body.h"
