@@ -802,8 +802,49 @@ static int on_api_status(struct tsf_api_request *req, json_t *body, const struct
         return 200;
 }
 
+/* GET /v1/sessions/lookup?user=U: where the farm (the directory's mirror
+ * in the BPF sessions map) has U's session, so that a session host can
+ * redirect a client that reached it without a cookie (DESIGN 2.4). */
+static int on_api_session_lookup(struct tsf_api_request *req, json_t *body, const struct tsf_api_peer *peer,
+                                 json_t **ret_reply, void *userdata) {
+        static const char *const states[] = {
+                [TSF_SESSION_ACTIVE] = "active",
+                [TSF_SESSION_DISCONNECTED] = "disconnected",
+                [TSF_SESSION_LOST] = "lost",
+        };
+        struct host *h = userdata;
+        const char *user = tsf_api_request_query(req, "user");
+        const struct host_node_config *node;
+        struct tsf_session_value v;
+        struct tsf_userkey uk;
+        char a[INET_ADDRSTRLEN];
+        int r;
+
+        if (!user || tsf_userkey_parse(user, strlen(user), &uk) < 0) {
+                *ret_reply = tsf_api_error("invalid-request", "'user' is missing or not a user name");
+                return 400;
+        }
+        r = datapath_session_get(h->datapath, tsf_userkey_index(&uk), &v);
+        if (r == -ENOENT) {
+                *ret_reply = json_pack("{s:s, s:b}", "user", tsf_userkey_index(&uk), "found", false);
+                return *ret_reply ? 200 : -ENOMEM;
+        }
+        if (r < 0)
+                return r;
+        node = node_by_id(h, v.node_id);
+        *ret_reply = json_pack("{s:s, s:b, s:o, s:I, s:b, s:o, s:i, s:I, s:s}", "user", tsf_userkey_index(&uk),
+                               "found", true, "node", node ? json_string(node->name) : json_null(), "node_id",
+                               (json_int_t)v.node_id, "here", v.node_id == h->self->id, "address",
+                               node && node->n_addrs ? json_string(ip4(node->addrs[0], a)) : json_null(),
+                               "rdp_port", (int)(node && node->rdp_port ? node->rdp_port : h->config->rdp_port),
+                               "session_id", (json_int_t)v.session_id, "state",
+                               v.state < ELEMENTSOF(states) && states[v.state] ? states[v.state] : "unknown");
+        return *ret_reply ? 200 : -ENOMEM;
+}
+
 static const struct tsf_api_route host_routes[] = {
         {"POST", "/v1/sessions/event", TSF_API_BODY, on_api_session_event},
+        {"GET", "/v1/sessions/lookup", 0, on_api_session_lookup},
         {"GET", "/v1/status", 0, on_api_status},
         {},
 };

@@ -314,6 +314,19 @@ else
 fi
 wait_mirror "2: node1's mirror shows alice -> node 1, disconnected" node1 alice "1 2"
 wait_mirror "2: node3's mirror shows alice -> node 1, disconnected" node3 alice "1 2"
+lookup=$(farm_exec node3 curl -sS --max-time 5 --unix-socket "$asock" "http://localhost/v1/sessions/lookup?user=ALICE")
+if jq -e --arg a "$(farm_addr node1)" '.found and .node == "node1" and .address == $a and .state == "disconnected" and (.here | not)' <<<"$lookup" >/dev/null; then
+        farm_pass "2: node3's local API says where alice's session is (for a redirect): node1, disconnected"
+else
+        farm_fail "2: node3's local API says where alice's session is" "$lookup"
+fi
+lookup=$(farm_exec node3 curl -sS --max-time 5 --unix-socket "$asock" "http://localhost/v1/sessions/lookup?user=nobody")
+lookup_bad=$(farm_exec node3 curl -sS -o /dev/null -w '%{http_code}' --max-time 5 --unix-socket "$asock" "http://localhost/v1/sessions/lookup?user=")
+if jq -e '.found == false' <<<"$lookup" >/dev/null && [[ $lookup_bad == 400 ]]; then
+        farm_pass "2: lookup of a user without a session: found false; of no user: 400"
+else
+        farm_fail "2: lookup of a user without a session / no user" "$lookup / $lookup_bad"
+fi
 
 # ---- 3. alice reconnects through C ------------------------------------------------------------
 expect_served "3: alice via node3 is served by node1's RDP server" node3 alice node1
