@@ -18,9 +18,6 @@
 #include "tsfarm/log.h"
 #include "tsfarm/macro.h"
 
-/* A device holding a CAL with this much left or less asks for a renewal
- * (the license server grants it from the same moment). */
-#define RENEW_WINDOW (7 * USEC_PER_DAY)
 /* A local API request waits at most this long for the license servers. */
 #define REQUEST_TIMEOUT (60 * USEC_PER_SEC)
 /* Limits of the local API's fields: the license store's. */
@@ -801,16 +798,8 @@ static int on_check(struct tsf_api_request *req, json_t *body, const struct tsf_
                     : (op->verdict == TSF_LIC_VERDICT_OK || op->verdict == TSF_LIC_VERDICT_EXPIRED)
                             ? tsf_lic_kind_to_string(op->presented.kind)
                             : "invalid";
-        if (!op->token || op->verdict == TSF_LIC_VERDICT_EXPIRED)
-                action = "obtain-temporary";
-        else if (!valid)
-                action = "refuse";
-        else if (op->presented.kind == TSF_LIC_TEMPORARY)
-                action = "request-cal";
-        else if (op->presented.expires - now <= RENEW_WINDOW)
-                action = "renew";
-        else
-                action = "none";
+        action = license_action_to_string(
+                license_action_for(op->token, op->verdict, op->presented.kind, op->presented.expires, now));
         reply = json_pack("{s:s, s:b, s:s, s:s}", "presented", presented, "valid", valid, "verdict",
                           op->token ? verdict_name(op->verdict) : "none", "action", action);
         if (reply && op->token &&
@@ -841,6 +830,7 @@ static int on_obtain(struct tsf_api_request *req, json_t *body, const struct tsf
                      json_t **ret_reply, void *userdata) {
         struct licclient *lc = userdata;
         usec_t now = tsf_now_realtime();
+        enum license_action action;
         struct op *op = NULL;
         int r;
 
@@ -852,13 +842,19 @@ static int on_obtain(struct tsf_api_request *req, json_t *body, const struct tsf
         if (r < 0)
                 return r;
 
-        if (!op->token || op->verdict == TSF_LIC_VERDICT_EXPIRED) {
+        action = license_action_for(op->token, op->verdict, op->presented.kind, op->presented.expires, now);
+        if (op->token && op->verdict == TSF_LIC_VERDICT_OK && op->presented.kind == TSF_LIC_CAL &&
+            licgrace_end(lc->grace, now) > 0)
+                /* A Device CAL exists: whatever the servers say now, the
+                 * grace period is over. */
+                log_notice("A device presented a Device CAL: the licensing grace period ends now.");
+        switch (action) {
+        case LICENSE_ACTION_TEMPORARY:
                 /* First contact, or what it had ran out: a temporary token
                  * (the server gives back the device's live one if it has one). */
                 step_start(op, STEP_TEMPORARY);
                 return TSF_API_SUSPENDED;
-        }
-        if (op->verdict != TSF_LIC_VERDICT_OK) {
+        case LICENSE_ACTION_REFUSE:
                 obtain_answer(op, false, NULL, NULL, NULL, 0, NULL, NULL, verdict_name(op->verdict),
                               "the presented license token is %s: %s", verdict_name(op->verdict),
                               op->verdict == TSF_LIC_VERDICT_OTHER_DEVICE
@@ -867,16 +863,12 @@ static int on_obtain(struct tsf_api_request *req, json_t *body, const struct tsf
                                       ? "no trusted license server signed it"
                                       : "it was forged or altered");
                 return TSF_API_SUSPENDED;
-        }
-        if (op->presented.kind == TSF_LIC_CAL) {
-                /* A Device CAL exists: whatever the servers say now, the
-                 * grace period is over. */
-                if (licgrace_end(lc->grace, now) > 0)
-                        log_notice("A device presented a Device CAL: the licensing grace period ends now.");
-                if (op->presented.expires - now > RENEW_WINDOW) {
-                        keep_presented(op, "cal-valid", "the Device CAL is valid");
-                        return TSF_API_SUSPENDED;
-                }
+        case LICENSE_ACTION_NONE:
+                keep_presented(op, "cal-valid", "the Device CAL is valid");
+                return TSF_API_SUSPENDED;
+        case LICENSE_ACTION_CAL:
+        case LICENSE_ACTION_RENEW:
+                break;
         }
         /* A temporary token asks for a Device CAL, a CAL in its last 7
          * days for a renewal: both at its issuer. */

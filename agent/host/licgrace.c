@@ -8,6 +8,7 @@
 #include <jansson.h>
 
 #include "agent/host/licgrace.h"
+#include "tsfarm/lictoken.h"
 #include "tsfarm/fs.h"
 #include "tsfarm/macro.h"
 
@@ -196,4 +197,29 @@ usec_t licgrace_deadline(const struct licgrace *g) {
         if (!g->started)
                 return 0;
         return g->started > USEC_INFINITY - g->period ? USEC_INFINITY : g->started + g->period;
+}
+
+enum license_action license_action_for(bool has_token, int verdict, int kind, usec_t expires, usec_t now) {
+        /* An expired token is the normal end of one (docs/decisions.md): the
+         * device starts again as one without. */
+        if (!has_token || verdict == TSF_LIC_VERDICT_EXPIRED)
+                return LICENSE_ACTION_TEMPORARY;
+        if (verdict != TSF_LIC_VERDICT_OK)
+                return LICENSE_ACTION_REFUSE;
+        if (kind == TSF_LIC_TEMPORARY)
+                return LICENSE_ACTION_CAL;
+        /* OK means now < expires. */
+        return expires - now <= LICENSE_RENEW_WINDOW ? LICENSE_ACTION_RENEW : LICENSE_ACTION_NONE;
+}
+
+const char *license_action_to_string(enum license_action a) {
+        static const char *const names[] = {
+                [LICENSE_ACTION_TEMPORARY] = "obtain-temporary",
+                [LICENSE_ACTION_REFUSE] = "refuse",
+                [LICENSE_ACTION_CAL] = "request-cal",
+                [LICENSE_ACTION_RENEW] = "renew",
+                [LICENSE_ACTION_NONE] = "none",
+        };
+
+        return (unsigned)a < ELEMENTSOF(names) ? names[a] : NULL;
 }

@@ -53,3 +53,24 @@ const char *licgrace_state_to_string(enum licgrace_state s);
 usec_t licgrace_started(const struct licgrace *g);
 usec_t licgrace_ended(const struct licgrace *g);
 usec_t licgrace_deadline(const struct licgrace *g);
+
+/* ---- what a presented token calls for -------------------------------------- */
+
+/* A Device CAL with this much left or less is renewed (the license server
+ * grants renewals from the same moment). */
+#define LICENSE_RENEW_WINDOW (7 * USEC_PER_DAY)
+
+enum license_action {
+        LICENSE_ACTION_TEMPORARY, /* nothing usable presented: ask for a temporary token */
+        LICENSE_ACTION_REFUSE,    /* forged, altered, another device's, unknown issuer */
+        LICENSE_ACTION_CAL,       /* a valid temporary token: ask its issuer for a Device CAL */
+        LICENSE_ACTION_RENEW,     /* a Device CAL in its last 7 days: ask its issuer */
+        LICENSE_ACTION_NONE,      /* a Device CAL with more left: keep it */
+};
+
+/* The one rule of docs/licensing.md's table, from the offline verdict
+ * (enum tsf_lic_verdict; has_token false: nothing presented), the token's
+ * kind (enum tsf_lic_kind) and expiry, at `now`. */
+enum license_action license_action_for(bool has_token, int verdict, int kind, usec_t expires, usec_t now);
+/* "obtain-temporary", "refuse", "request-cal", "renew", "none". */
+const char *license_action_to_string(enum license_action a);

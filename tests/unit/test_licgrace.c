@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "agent/host/licgrace.h"
+#include "tsfarm/lictoken.h"
 #include "tsfarm/clock.h"
 #include "tsfarm/macro.h"
 
@@ -196,6 +197,42 @@ static void test_unwritable_state_runs_in_memory(void **state) {
         licgrace_free(g);
 }
 
+/* docs/licensing.md's table: what each presented token calls for, renewal
+ * exactly inside the last 7 days. */
+static void test_what_a_presented_token_calls_for(void **state) {
+        usec_t now = T0;
+
+        (void)state;
+        assert_int_equal(license_action_for(false, 0, 0, 0, now), LICENSE_ACTION_TEMPORARY);
+        assert_int_equal(license_action_for(true, TSF_LIC_VERDICT_EXPIRED, TSF_LIC_CAL, now - 1, now),
+                         LICENSE_ACTION_TEMPORARY);
+        assert_int_equal(license_action_for(true, TSF_LIC_VERDICT_EXPIRED, TSF_LIC_TEMPORARY, now, now),
+                         LICENSE_ACTION_TEMPORARY);
+        for (int v = TSF_LIC_VERDICT_MALFORMED; v < _TSF_LIC_VERDICT_MAX; v++)
+                if (v != TSF_LIC_VERDICT_EXPIRED)
+                        assert_int_equal(
+                                license_action_for(true, v, TSF_LIC_CAL, now + 60 * USEC_PER_DAY, now),
+                                LICENSE_ACTION_REFUSE);
+        assert_int_equal(
+                license_action_for(true, TSF_LIC_VERDICT_OK, TSF_LIC_TEMPORARY, now + USEC_PER_DAY, now),
+                LICENSE_ACTION_CAL);
+        /* A CAL: 89 days left, 7 days and a microsecond, exactly 7 days, one microsecond. */
+        assert_int_equal(
+                license_action_for(true, TSF_LIC_VERDICT_OK, TSF_LIC_CAL, now + 89 * USEC_PER_DAY, now),
+                LICENSE_ACTION_NONE);
+        assert_int_equal(
+                license_action_for(true, TSF_LIC_VERDICT_OK, TSF_LIC_CAL, now + 7 * USEC_PER_DAY + 1, now),
+                LICENSE_ACTION_NONE);
+        assert_int_equal(
+                license_action_for(true, TSF_LIC_VERDICT_OK, TSF_LIC_CAL, now + 7 * USEC_PER_DAY, now),
+                LICENSE_ACTION_RENEW);
+        assert_int_equal(license_action_for(true, TSF_LIC_VERDICT_OK, TSF_LIC_CAL, now + 1, now),
+                         LICENSE_ACTION_RENEW);
+        assert_string_equal(license_action_to_string(LICENSE_ACTION_RENEW), "renew");
+        assert_string_equal(license_action_to_string(LICENSE_ACTION_TEMPORARY), "obtain-temporary");
+        assert_null(license_action_to_string(99));
+}
+
 static void test_state_names(void **state) {
         (void)state;
         assert_string_equal(licgrace_state_to_string(LICGRACE_NOT_STARTED), "not-started");
@@ -215,6 +252,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_damaged_state_is_refused_and_left_alone, setup,
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_unwritable_state_runs_in_memory, setup, teardown),
+                cmocka_unit_test(test_what_a_presented_token_calls_for),
                 cmocka_unit_test(test_state_names),
         };
         return cmocka_run_group_tests_name("licgrace", tests, NULL, NULL);
