@@ -168,6 +168,32 @@ json_t *tsf_api_error(const char *error, const char *format, ...) {
         return json_pack("{s:s, s:s}", "error", error, "reason", reason);
 }
 
+int tsf_api_field_string(json_t *body, const char *key, bool required, size_t min, size_t max,
+                         const char **ret, json_t **ret_reply) {
+        json_t *v = json_object_get(body, key);
+        size_t n;
+
+        *ret = NULL;
+        if (!v || json_is_null(v)) {
+                if (!required)
+                        return 0;
+                *ret_reply = tsf_api_error("invalid-request", "'%s' is required", key);
+                return 400;
+        }
+        if (!json_is_string(v)) {
+                *ret_reply = tsf_api_error("invalid-request", "'%s' must be a string", key);
+                return 400;
+        }
+        n = json_string_length(v);
+        if (n < min || n > max || strlen(json_string_value(v)) != n) {
+                *ret_reply = tsf_api_error("invalid-request", "'%s' must have %zu to %zu bytes, not %zu",
+                                           key, min, max, n);
+                return 400;
+        }
+        *ret = json_string_value(v);
+        return 0;
+}
+
 _printf_(2, 0) static void mhd_log(void *cls, const char *format, va_list ap) {
         char buf[512];
         size_t n;

@@ -676,25 +676,17 @@ static void on_request_cancel(struct tsf_api_request *req, void *userdata) {
         op_free(op);
 }
 
+/* A copy of an optional or required string field (tsf_api_field_string). */
 static int field_text(json_t *body, const char *key, bool required, size_t min, size_t max, char **ret,
                       json_t **ret_reply) {
-        json_t *v = json_object_get(body, key);
-        size_t n;
+        const char *v;
+        int r;
 
         *ret = NULL;
-        if (!v || json_is_null(v)) {
-                if (!required)
-                        return 0;
-                *ret_reply = tsf_api_error("invalid-request", "'%s' is required", key);
-                return 400;
-        }
-        n = json_string_length(v);
-        if (!json_is_string(v) || n < min || n > max || strlen(json_string_value(v)) != n) {
-                *ret_reply = tsf_api_error("invalid-request", "'%s' must be a string of %zu to %zu bytes",
-                                           key, min, max);
-                return 400;
-        }
-        *ret = strdup(json_string_value(v));
+        r = tsf_api_field_string(body, key, required, min, max, &v, ret_reply);
+        if (r != 0 || !v)
+                return r;
+        *ret = strdup(v);
         return *ret ? 0 : -ENOMEM;
 }
 

@@ -78,49 +78,14 @@ static bool valid_ident(const char *s, size_t max) {
 
 /* ---- request fields --------------------------------------------------------- */
 
-/* Absent (or null): *ret = NULL and 0. Present: a string of min..max bytes
- * (jansson guarantees valid UTF-8; the API refuses \u0000). Anything else
- * is a 400 with a reason naming the field. */
-static int field_string(json_t *body, const char *key, bool required, size_t min, size_t max,
-                        const char **ret, json_t **ret_reply) {
-        json_t *v = json_object_get(body, key);
-        size_t n;
-
-        *ret = NULL;
-        if (!v || json_is_null(v)) {
-                if (!required)
-                        return 0;
-                *ret_reply = tsf_api_error("invalid-request", "'%s' is required", key);
-                return 400;
-        }
-        if (!json_is_string(v)) {
-                *ret_reply = tsf_api_error("invalid-request", "'%s' must be a string", key);
-                return 400;
-        }
-        n = json_string_length(v);
-        if (n < min || n > max || strlen(json_string_value(v)) != n) {
-                *ret_reply = tsf_api_error("invalid-request", "'%s' must have %zu to %zu bytes, not %zu",
-                                           key, min, max, n);
-                return 400;
-        }
-        *ret = json_string_value(v);
-        return 0;
-}
-
 /* Hex text of min..max bytes: digits and letters a-f/A-F only, two per byte
  * (no separators, no "0x": ids have exactly one spelling on the wire). */
 static int parse_hex(const char *s, size_t min, size_t max, uint8_t *buf, size_t *ret_len) {
-        size_t n = strlen(s);
+        ssize_t n = tsf_hex_decode_strict(s, buf, min, max);
 
-        if (n % 2 != 0 || n / 2 < min || n / 2 > max)
-                return -EINVAL;
-        for (size_t i = 0; i < n; i++)
-                if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
-                      (s[i] >= 'A' && s[i] <= 'F')))
-                        return -EINVAL;
-        if (tsf_hex_decode(s, n, buf, max, NULL) != (ssize_t)(n / 2))
-                return -EINVAL;
-        *ret_len = n / 2;
+        if (n < 0)
+                return (int)n;
+        *ret_len = (size_t)n;
         return 0;
 }
 
@@ -129,7 +94,7 @@ static int field_hex(json_t *body, const char *key, size_t min, size_t max, uint
         const char *s;
         int r;
 
-        r = field_string(body, key, true, 0, 2 * max, &s, ret_reply);
+        r = tsf_api_field_string(body, key, true, 0, 2 * max, &s, ret_reply);
         if (r != 0)
                 return r;
         if (parse_hex(s, min, max, buf, ret_len) < 0) {
@@ -156,7 +121,7 @@ static int field_token_id(json_t *body, const char *key, uint8_t id[static LIC_T
 static int field_version(json_t *body, const char *key, const char **ret, json_t **ret_reply) {
         int r;
 
-        r = field_string(body, key, false, 0, LIC_PRODUCT_VERSION_MAX, ret, ret_reply);
+        r = tsf_api_field_string(body, key, false, 0, LIC_PRODUCT_VERSION_MAX, ret, ret_reply);
         if (r != 0)
                 return r;
         if (*ret && **ret && !valid_ident(*ret, LIC_PRODUCT_VERSION_MAX)) {
@@ -187,10 +152,10 @@ static int field_device(json_t *body, bool user_required, struct device_fields *
         d->dev.hardware_id = d->hardware_id;
         if ((r = field_hex(body, "hardware_id", LIC_HARDWARE_ID_MIN, LIC_HARDWARE_ID_MAX, d->hardware_id,
                            &d->dev.hardware_id_len, ret_reply)) ||
-            (r = field_string(body, "device_name", true, 1, LIC_DEVICE_NAME_MAX, &d->dev.device_name,
-                              ret_reply)) ||
-            (r = field_string(body, "user_name", user_required, 0, LIC_USER_NAME_MAX, &d->dev.user_name,
-                              ret_reply)))
+            (r = tsf_api_field_string(body, "device_name", true, 1, LIC_DEVICE_NAME_MAX, &d->dev.device_name,
+                                      ret_reply)) ||
+            (r = tsf_api_field_string(body, "user_name", user_required, 0, LIC_USER_NAME_MAX,
+                                      &d->dev.user_name, ret_reply)))
                 return r;
         return 0;
 }
@@ -589,9 +554,9 @@ static int on_pack_install(struct tsf_api_request *req, json_t *body, const stru
         int r;
 
         if ((r = require_body(body, ret_reply)) ||
-            (r = field_string(body, "id", true, 1, LIC_PACK_ID_MAX, &id, ret_reply)) ||
-            (r = field_string(body, "product_version", true, 1, LIC_PRODUCT_VERSION_MAX, &version,
-                              ret_reply)))
+            (r = tsf_api_field_string(body, "id", true, 1, LIC_PACK_ID_MAX, &id, ret_reply)) ||
+            (r = tsf_api_field_string(body, "product_version", true, 1, LIC_PRODUCT_VERSION_MAX, &version,
+                                      ret_reply)))
                 return r;
         if (!valid_ident(id, LIC_PACK_ID_MAX) || !valid_ident(version, LIC_PRODUCT_VERSION_MAX)) {
                 *ret_reply = tsf_api_error("invalid-request",

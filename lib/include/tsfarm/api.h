@@ -136,6 +136,13 @@ int tsf_api_request_suspend(struct tsf_api_request *req, usec_t timeout, tsf_api
  * After it the request is gone; on_cancel does not run. */
 int tsf_api_request_resume(struct tsf_api_request *req, int status, json_t *reply);
 
+/* A string field of a request body. Absent (or null): *ret = NULL and 0,
+ * unless `required`. Present: a string of min..max bytes (jansson
+ * guarantees valid UTF-8; the API refuses \u0000), borrowed from body.
+ * Anything else: 400 with *ret_reply a reason naming the field. */
+int tsf_api_field_string(json_t *body, const char *key, bool required, size_t min, size_t max,
+                         const char **ret, json_t **ret_reply);
+
 /* {"error": error, "reason": <format>}, or NULL (out of memory). */
 json_t *tsf_api_error(const char *error, const char *format, ...) _printf_(2, 3);
 
