@@ -86,3 +86,14 @@ obtain() { host_api "$1" POST /v1/license/obtain "$(device_body "$2" "$3" "$4" "
 logon() { host_api "$1" POST /v1/license/logon "$(device_body "$2" "$3" "$4" "$5")"; }
 check() { host_api "$1" POST /v1/license/check "$(jq -nc --arg h "$2" --arg t "$3" '{hardware_id: $h, token: $t}')"; }
 hwid() { head -c 32 /dev/urandom | xxd -p -c 64; }
+# True when license server NAME knows PEER (by name) as a reachable peer.
+lic_sees_peer() { # NAME PEER
+        curl -sS --max-time 5 --unix-socket "$(lsock "$1")" http://localhost/v1/peers |
+                jq -e --arg p "$2" '[.peers[] | select(.name == $p and .reachable)] | length == 1' >/dev/null
+}
+# True when host NODE's licensing client finds N license servers reachable
+# and trusted (GET /v1/license/diagnose probes each one).
+host_sees_servers() { # NODE N
+        host_api "$1" GET /v1/license/diagnose 2>/dev/null |
+                jq -e --argjson n "$2" '[.servers[] | select(.reachable and .trusted)] | length == $n' >/dev/null
+}
