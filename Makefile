@@ -196,6 +196,7 @@ bench: deps
 	$(Q)$(MAKE) --no-print-directory all $(bench-bins)
 	$(Q)TSFARM_BUILD=$(abspath $(O)) tests/bench/run.sh
 	$(Q)TSFARM_BUILD=$(abspath $(O)) tests/bench/dir.sh
+	$(Q)TSFARM_BUILD=$(abspath $(O)) tests/bench/lic.sh
 
 # ---- demo ------------------------------------------------------------------
 
