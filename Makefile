@@ -78,6 +78,7 @@ LDFLAGS_ALL := $(SAN_FLAGS) -Wl,--as-needed $(LDFLAGS)
 lib-objs := $(addprefix $(O)/,$(lib-y))
 tsagent-objs := $(addprefix $(O)/,$(tsagent-y))
 tsctl-objs := $(addprefix $(O)/,$(tsctl-y))
+tsclient-objs := $(addprefix $(O)/,$(tsclient-y))
 bpf-objs := $(addprefix $(O)/,$(bpf-y))
 bpf-skels := $(bpf-objs:.bpf.o=.skel.h)
 unit-bins := $(addprefix $(O)/,$(unit-y))
@@ -86,7 +87,7 @@ fuzz-bins := $(addprefix $(O)/,$(fuzz-y))
 bench-bins := $(addprefix $(O)/,$(bench-y))
 helper-bins := $(addprefix $(O)/,$(helper-y))
 LIBTSFARM := $(O)/libtsfarm.a
-BINARIES := $(O)/tsagent $(O)/tsctl
+BINARIES := $(O)/tsagent $(O)/tsctl $(O)/tsclient
 
 # Extra objects a test links besides its own: `<test>-y` in Kbuild.
 test-extra = $(addprefix $(O)/,$($(patsubst $(O)/%,%,$(1))-y))
@@ -116,6 +117,10 @@ $(O)/tsagent: $(tsagent-objs) $(LIBTSFARM)
 $(O)/tsctl: $(tsctl-objs) $(LIBTSFARM)
 	$(say) LINK "$@"
 	$(Q)$(CC) $(LDFLAGS_ALL) $^ $(PKG_LIBS) -o $@
+
+$(O)/tsclient: $(tsclient-objs) $(LIBTSFARM)
+	$(say) LINK "$@"
+	$(Q)$(CC) $(LDFLAGS_ALL) $^ $(PKG_LIBS) -lpthread -o $@
 
 .SECONDEXPANSION:
 $(unit-bins) $(bpftest-bins): %: %.o $$(call test-extra,$$@) $(LIBTSFARM)
@@ -218,6 +223,7 @@ install: all
 		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/tsfarm
 	$(Q)$(INSTALL) -m 0755 $(O)/tsagent $(DESTDIR)$(SBINDIR)/tsagent
 	$(Q)$(INSTALL) -m 0755 $(O)/tsctl $(DESTDIR)$(BINDIR)/tsctl
+	$(Q)$(INSTALL) -m 0755 $(O)/tsclient $(DESTDIR)$(BINDIR)/tsclient
 	$(Q)$(INSTALL) -m 0644 dist/man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	$(Q)$(INSTALL) -m 0644 dist/man/*.5 $(DESTDIR)$(MANDIR)/man5/
 	$(Q)$(INSTALL) -m 0644 dist/man/*.8 $(DESTDIR)$(MANDIR)/man8/
@@ -235,5 +241,5 @@ clean:
 format:
 	$(Q)git ls-files '*.c' '*.h' | xargs clang-format -i
 
--include $(patsubst %.o,%.d,$(lib-objs) $(tsagent-objs) $(tsctl-objs) $(bpf-objs)) \
+-include $(patsubst %.o,%.d,$(lib-objs) $(tsagent-objs) $(tsctl-objs) $(tsclient-objs) $(bpf-objs)) \
 	$(addsuffix .d,$(unit-bins) $(bpftest-bins) $(fuzz-bins) $(bench-bins) $(helper-bins))
