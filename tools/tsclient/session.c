@@ -354,7 +354,7 @@ static enum tsc_outcome run_script(struct sess *s, const struct tsc_session_opts
         if (s->res->outcome == TSC_SCRIPT_FAILED) {
                 enum tsc_outcome failed = s->res->outcome;
 
-                (void)finish(s, end);
+                (void)finish(s, TSC_END_DISCONNECT); /* the session stays for a look */
                 s->res->outcome = failed;
                 return failed;
         }
