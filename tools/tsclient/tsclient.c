@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -648,6 +649,9 @@ int main(int argc, char *argv[]) {
         int r;
 
         tsf_log_set_ident("tsclient");
+        /* OpenSSL writes to the socket with write(): a server that closed
+         * must be an error (-EPIPE), not a signal that kills every thread. */
+        signal(SIGPIPE, SIG_IGN);
         tsf_log_parse_environment();
         if (argc > 1 && argv[1][0] != '-') {
                 verb = argv[1];
