@@ -78,6 +78,7 @@ LDFLAGS_ALL := $(SAN_FLAGS) -Wl,--as-needed $(LDFLAGS)
 lib-objs := $(addprefix $(O)/,$(lib-y))
 tsagent-objs := $(addprefix $(O)/,$(tsagent-y))
 tsctl-objs := $(addprefix $(O)/,$(tsctl-y))
+tshost-objs := $(addprefix $(O)/,$(tshost-y))
 tsclient-objs := $(addprefix $(O)/,$(tsclient-y))
 bpf-objs := $(addprefix $(O)/,$(bpf-y))
 bpf-skels := $(bpf-objs:.bpf.o=.skel.h)
@@ -88,6 +89,7 @@ bench-bins := $(addprefix $(O)/,$(bench-y))
 helper-bins := $(addprefix $(O)/,$(helper-y))
 LIBTSFARM := $(O)/libtsfarm.a
 BINARIES := $(O)/tsagent $(O)/tsctl $(O)/tsclient
+BINARIES += $(O)/tshost
 
 # Extra objects a test links besides its own: `<test>-y` in Kbuild.
 test-extra = $(addprefix $(O)/,$($(patsubst $(O)/%,%,$(1))-y))
@@ -117,6 +119,11 @@ $(O)/tsagent: $(tsagent-objs) $(LIBTSFARM)
 $(O)/tsctl: $(tsctl-objs) $(LIBTSFARM)
 	$(say) LINK "$@"
 	$(Q)$(CC) $(LDFLAGS_ALL) $^ $(PKG_LIBS) -o $@
+
+# tshost alone needs libpam (it has no .pc file).
+$(O)/tshost: $(tshost-objs) $(LIBTSFARM)
+	$(say) LINK "$@"
+	$(Q)$(CC) $(LDFLAGS_ALL) $^ $(PKG_LIBS) -lpam -lutil -o $@
 
 $(O)/tsclient: $(tsclient-objs) $(LIBTSFARM)
 	$(say) LINK "$@"
@@ -223,6 +230,7 @@ install: all
 		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/tsfarm
 	$(Q)$(INSTALL) -m 0755 $(O)/tsagent $(DESTDIR)$(SBINDIR)/tsagent
 	$(Q)$(INSTALL) -m 0755 $(O)/tsctl $(DESTDIR)$(BINDIR)/tsctl
+	$(Q)$(INSTALL) -m 0755 $(O)/tshost $(DESTDIR)$(SBINDIR)/tshost
 	$(Q)$(INSTALL) -m 0755 $(O)/tsclient $(DESTDIR)$(BINDIR)/tsclient
 	$(Q)$(INSTALL) -m 0644 dist/man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	$(Q)$(INSTALL) -m 0644 dist/man/*.5 $(DESTDIR)$(MANDIR)/man5/
@@ -243,3 +251,4 @@ format:
 
 -include $(patsubst %.o,%.d,$(lib-objs) $(tsagent-objs) $(tsctl-objs) $(tsclient-objs) $(bpf-objs)) \
 	$(addsuffix .d,$(unit-bins) $(bpftest-bins) $(fuzz-bins) $(bench-bins) $(helper-bins))
+-include $(patsubst %.o,%.d,$(tshost-objs))

@@ -15,6 +15,7 @@ build_pkgs=(
         libnl-3-dev libnl-route-3-dev libnl-genl-3-dev
         libsqlite3-dev
         libmicrohttpd-dev libcurl4-openssl-dev libssl-dev libgnutls28-dev
+        libpam0g-dev
 )
 check_pkgs=(
         "${build_pkgs[@]}"
