@@ -35,7 +35,7 @@ rdp_pkgs=(
         freerdp2-x11 rdesktop xvfb xauth x11-utils
 )
 demo_pkgs=("${check_pkgs[@]}" "${rdp_pkgs[@]}")
-bench_pkgs=("${check_pkgs[@]}" iputils-ping socat haproxy)
+bench_pkgs=("${check_pkgs[@]}" iputils-ping socat haproxy strace)
 
 list=0
 if [[ ${1:-} == --list ]]; then
