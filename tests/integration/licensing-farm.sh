@@ -36,22 +36,7 @@ source "$here/lib/tsagent.sh"
 # shellcheck source=lib/licfarm.sh
 source "$here/lib/licfarm.sh"
 
-if ((EUID != 0)); then
-        farm_skip licensing-farm "needs root"
-        exit 77
-fi
-for t in ip nsenter unshare python3 jq curl xxd; do
-        if ! command -v "$t" >/dev/null; then
-                farm_skip licensing-farm "$t is not installed; tools/deps.sh check installs it"
-                exit 77
-        fi
-done
-for t in tsagent tsctl; do
-        if [[ ! -x $TSAGENT_BUILD/$t ]]; then
-                farm_skip licensing-farm "$TSAGENT_BUILD/$t is not built; run make"
-                exit 77
-        fi
-done
+tsagent_require licensing-farm ip nsenter unshare python3 jq curl xxd -- tsagent tsctl
 
 DAY_US=$((86400 * 1000000))
 

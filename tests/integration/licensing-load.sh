@@ -48,22 +48,7 @@ source "$here/lib/tsagent.sh"
 # shellcheck source=lib/licfarm.sh
 source "$here/lib/licfarm.sh"
 
-if ((EUID != 0)); then
-        farm_skip licensing-load "needs root"
-        exit 77
-fi
-for t in ip nsenter unshare python3 jq curl; do
-        if ! command -v "$t" >/dev/null; then
-                farm_skip licensing-load "$t is not installed; tools/deps.sh check installs it"
-                exit 77
-        fi
-done
-for t in tsagent tsctl; do
-        if [[ ! -x $TSAGENT_BUILD/$t ]]; then
-                farm_skip licensing-load "$t is not built; run make"
-                exit 77
-        fi
-done
+tsagent_require licensing-load ip nsenter unshare python3 jq curl -- tsagent tsctl
 
 HOSTS=8
 PER_HOST=${LICLOAD_DEVICES:-250}

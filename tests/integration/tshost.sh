@@ -30,22 +30,7 @@ source "$here/lib/tsagent.sh"
 # shellcheck source=lib/licfarm.sh
 source "$here/lib/licfarm.sh"
 
-if ((EUID != 0)); then
-        farm_skip tshost "needs root"
-        exit 77
-fi
-for t in ip nsenter unshare python3 jq curl xxd useradd userdel chpasswd; do
-        if ! command -v "$t" >/dev/null; then
-                farm_skip tshost "$t is not installed; tools/deps.sh check installs it"
-                exit 77
-        fi
-done
-for t in tsagent tsctl tshost; do
-        if [[ ! -x $TSAGENT_BUILD/$t ]]; then
-                farm_skip tshost "$TSAGENT_BUILD/$t is not built; run make"
-                exit 77
-        fi
-done
+tsagent_require tshost ip nsenter unshare python3 jq curl xxd useradd userdel chpasswd -- tsagent tsctl tshost
 if ! compgen -G "/lib/*/security/pam_unix.so" >/dev/null && ! compgen -G "/lib/security/pam_unix.so" >/dev/null; then
         farm_skip tshost "pam_unix.so is not installed (libpam-modules)"
         exit 77

@@ -64,3 +64,28 @@ tsagent_directory_conf() { # DIR_ADDR
                 cat
         } >"$FARM_DIR/directory.conf"
 }
+
+# Exits 77 (skipped, with the reason) unless this runs as root with every
+# TOOL on the PATH and every BINARY built in $TSAGENT_BUILD.
+tsagent_require() { # NAME TOOL... [-- BINARY...]
+        local name=$1 t
+        shift
+        if ((EUID != 0)); then
+                farm_skip "$name" "needs root"
+                exit 77
+        fi
+        while (($#)) && [[ $1 != -- ]]; do
+                if ! command -v "$1" >/dev/null; then
+                        farm_skip "$name" "$1 is not installed; tools/deps.sh check installs it"
+                        exit 77
+                fi
+                shift
+        done
+        (($#)) && shift
+        for t in "$@"; do
+                if [[ ! -x $TSAGENT_BUILD/$t ]]; then
+                        farm_skip "$name" "$TSAGENT_BUILD/$t is not built; run make"
+                        exit 77
+                fi
+        done
+}
