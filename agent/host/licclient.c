@@ -347,7 +347,10 @@ static json_t *step_body(struct op *op) {
                               op->device_name, "user_name", op->user_name ?: "", "presented_token_id", id);
                 break;
         case STEP_VALIDATE:
-                return json_pack("{s:s, s:s}", "token_id", id, "hardware_id", op->hwid_hex);
+                /* The user who logged on: recorded by the license server
+                 * when the device came without a cookie. */
+                return json_pack("{s:s, s:s, s:s}", "token_id", id, "hardware_id", op->hwid_hex, "user_name",
+                                 op->user_name ?: "");
         default:
                 return NULL;
         }

@@ -287,16 +287,17 @@ static int on_validate(struct tsf_api_request *req, json_t *body, const struct t
                        json_t **ret_reply, void *userdata) {
         struct licensing *l = userdata;
         uint8_t token_id[LIC_TOKEN_ID_SIZE], hwid[LIC_HARDWARE_ID_MAX];
-        const char *reason = NULL;
+        const char *reason = NULL, *user;
         size_t hwid_len;
         int r;
 
         if ((r = require_body(body, ret_reply)) ||
             (r = field_token_id(body, "token_id", token_id, ret_reply)) ||
             (r = field_hex(body, "hardware_id", LIC_HARDWARE_ID_MIN, LIC_HARDWARE_ID_MAX, hwid, &hwid_len,
-                           ret_reply)))
+                           ret_reply)) ||
+            (r = tsf_api_field_string(body, "user_name", false, 0, LIC_USER_NAME_MAX, &user, ret_reply)))
                 return r;
-        r = lic_temporary_validate(l->store, token_id, hwid, hwid_len, &reason);
+        r = lic_temporary_validate_user(l->store, token_id, hwid, hwid_len, user, &reason);
         if (r < 0)
                 return store_refusal(r, reason, "validate a temporary token", ret_reply);
         changed(l);

@@ -133,6 +133,7 @@ enum stmt {
         ST_TOKEN_GET,
         ST_TOKEN_INSERT,
         ST_TOKEN_SET_STATE,
+        ST_TOKEN_SET_USER,
         ST_LIVE_TEMPORARY,
         ST_ACTIVE_CAL,
         ST_TOKENS_FILTER,
@@ -172,6 +173,7 @@ static const char *const stmt_sql[_ST_MAX] = {
                             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9, ?11, ?12)",
         [ST_TOKEN_SET_STATE] =
                 "UPDATE tokens SET state = ?3, state_time = ?4 WHERE token_id = ?1 AND state = ?2",
+        [ST_TOKEN_SET_USER] = "UPDATE tokens SET user_name = ?2 WHERE token_id = ?1 AND user_name = ''",
         [ST_LIVE_TEMPORARY] =
                 "SELECT " TOKEN_COLUMNS " FROM tokens WHERE hardware_id = ?1 AND state IN (0, 1)",
         [ST_ACTIVE_CAL] = "SELECT " TOKEN_COLUMNS " FROM tokens WHERE hardware_id = ?1 AND state = 2 "
@@ -728,14 +730,16 @@ int lic_temporary_issue(struct lic_store *s, const struct lic_device *dev, const
         return tsf_sqlite_tx_commit(TAKE_PTR(tx));
 }
 
-int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_SIZE],
-                           const uint8_t *hardware_id, size_t hardware_id_len, const char **reason) {
+int lic_temporary_validate_user(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_SIZE],
+                                const uint8_t *hardware_id, size_t hardware_id_len, const char *user_name,
+                                const char **reason) {
         _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
         usec_t now = now_checked();
         struct lic_token t;
         int r;
 
-        if (!s || !token_id || !valid_hardware_id(hardware_id, hardware_id_len))
+        if (!s || !token_id || !valid_hardware_id(hardware_id, hardware_id_len) ||
+            (user_name && strlen(user_name) > LIC_USER_NAME_MAX))
                 return -EINVAL;
         r = op_begin(s, now);
         if (r < 0)
@@ -751,6 +755,17 @@ int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LI
                 return refuse(reason, -EPERM, "token issued to another device");
         if (t.kind != LIC_KIND_TEMPORARY)
                 return refuse(reason, -EMEDIUMTYPE, "not a temporary token");
+        /* A device that connected without saying who (no cookie) is
+         * issued its temporary token before the logon: the logon names the
+         * user, and the Device CAL taken on it records them. */
+        if (user_name && *user_name && !t.user_name[0] &&
+            (t.state == LIC_STATE_TEMPORARY || t.state == LIC_STATE_TEMPORARY_VALIDATED)) {
+                r = tsf_sqlite_run(&s->sql, ST_TOKEN_SET_USER, "bt", token_id, (size_t)LIC_TOKEN_ID_SIZE,
+                                   user_name);
+                if (r < 0)
+                        return r;
+                snprintf(t.user_name, sizeof(t.user_name), "%s", user_name);
+        }
         if (t.state == LIC_STATE_TEMPORARY_VALIDATED) {
                 r = tsf_sqlite_tx_commit(TAKE_PTR(tx));
                 return r < 0 ? r : 1;
@@ -770,6 +785,11 @@ int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LI
         if (r < 0)
                 return r;
         return tsf_sqlite_tx_commit(TAKE_PTR(tx));
+}
+
+int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_SIZE],
+                           const uint8_t *hardware_id, size_t hardware_id_len, const char **reason) {
+        return lic_temporary_validate_user(s, token_id, hardware_id, hardware_id_len, NULL, reason);
 }
 
 /* ---- Device CALs --------------------------------------------------------- */
@@ -880,6 +900,7 @@ int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char 
         _cleanup_(tsf_sqlite_tx_abortp) struct tsf_sqlite *tx = NULL;
         usec_t now = now_checked();
         char when[TSF_TIMESTAMP_MAX], presented_hex[2 * LIC_TOKEN_ID_SIZE + 1];
+        struct lic_device named;
         struct lic_token p;
         int r;
 
@@ -906,6 +927,12 @@ int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char 
         }
         if (p.state != LIC_STATE_TEMPORARY_VALIDATED)
                 return refuse_state(&p, reason);
+        if ((!dev->user_name || !*dev->user_name) && p.user_name[0]) {
+                /* The logon that validated the temporary token named the user. */
+                named = *dev;
+                named.user_name = p.user_name;
+                dev = &named;
+        }
 
         /* It has one already (the answer got lost): the same again. */
         r = token_query(s, ST_ACTIVE_CAL, ret, "bt", dev->hardware_id, dev->hardware_id_len,

@@ -212,6 +212,13 @@ int lic_temporary_issue(struct lic_store *s, const struct lic_device *dev, const
 /* After a successful logon: temporary -> temporary-validated, only for the
  * device it was issued to and before it expires. 1 if it was validated
  * already (nothing changes). */
+/* The same, naming the user who logged on: recorded on the token when it
+ * has no user yet (a client that sent no cookie), so that the Device CAL
+ * issued on it records them (lic_cal_issue takes the token's user when
+ * the request names none). */
+int lic_temporary_validate_user(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_SIZE],
+                                const uint8_t *hardware_id, size_t hardware_id_len, const char *user_name,
+                                const char **reason);
 int lic_temporary_validate(struct lic_store *s, const uint8_t token_id[static LIC_TOKEN_ID_SIZE],
                            const uint8_t *hardware_id, size_t hardware_id_len, const char **reason);
 

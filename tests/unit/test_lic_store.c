@@ -1651,9 +1651,49 @@ static void test_audit_borrow(void **state) {
         check(f->s);
 }
 
+/* A device that came without a cookie: its temporary token has no user;
+ * the logon names the user, the Device CAL records them, and a later
+ * logon by someone else does not rename the record. */
+static void test_logon_names_the_user_of_a_cookieless_device(void **state) {
+        struct fixture *f = *state;
+        struct lic_token tmp, cal, got;
+        struct dev a;
+
+        dev_init(&a, 1);
+        a.d.user_name = NULL;
+        assert_int_equal(lic_pack_install(f->s, "P1", "2025", 2), 0);
+        assert_int_equal(lic_temporary_issue(f->s, &a.d, NULL, NULL, &tmp), 0);
+        assert_string_equal(tmp.user_name, "");
+        assert_int_equal(lic_temporary_validate_user(f->s, tmp.token_id, a.hw, sizeof(a.hw), "bob", NULL),
+                         0);
+        assert_int_equal(lic_token_get(f->s, tmp.token_id, &got), 0);
+        assert_string_equal(got.user_name, "bob");
+        /* Validated again by another user: already validated, name kept. */
+        assert_int_equal(lic_temporary_validate_user(f->s, tmp.token_id, a.hw, sizeof(a.hw), "eve", NULL),
+                         1);
+        assert_int_equal(lic_token_get(f->s, tmp.token_id, &got), 0);
+        assert_string_equal(got.user_name, "bob");
+        /* The CAL asked for without a user records the logon's. */
+        assert_int_equal(lic_cal_issue(f->s, &a.d, NULL, tmp.token_id, NULL, &cal, NULL), 0);
+        assert_string_equal(cal.user_name, "bob");
+        /* Too long a name changes nothing. */
+        {
+                char longname[LIC_USER_NAME_MAX + 2];
+
+                memset(longname, 'x', sizeof(longname) - 1);
+                longname[sizeof(longname) - 1] = '\0';
+                assert_int_equal(
+                        lic_temporary_validate_user(f->s, tmp.token_id, a.hw, sizeof(a.hw), longname, NULL),
+                        -EINVAL);
+        }
+        check(f->s);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_migrate_from_empty_and_reopen, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_logon_names_the_user_of_a_cookieless_device, setup,
+                                                teardown),
                 cmocka_unit_test_setup_teardown(test_refuses_newer_and_foreign, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_pack_install_get_list, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_temporary_expires_at_90_days, setup, teardown),
