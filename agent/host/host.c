@@ -461,12 +461,22 @@ static void decide_placement(struct host *h, struct gateway_decision *out) {
                  best->name);
 }
 
-static void decision_finish(struct host *h, const struct sockaddr_in *client, struct gateway_decision *out) {
+/* Notes the client's affinity to the node decided. routed: the decision
+ * followed a routing token. */
+static void decision_finish(struct host *h, const struct sockaddr_in *client, struct gateway_decision *out,
+                            bool routed) {
         const struct host_node_config *node;
         uint64_t user_hash;
         int r;
 
         if (out->verdict == GATEWAY_REFUSE)
+                return;
+        /* A client without a user (no cookie) placed here may still be
+         * redirected by the session host once it logs on (its session is
+         * elsewhere): an affinity to this node would open the fast path,
+         * and its return with the routing token would then reach this
+         * node's RDP server again instead of the gateway. */
+        if (out->verdict == GATEWAY_LOCAL && !out->user_key[0] && !routed)
                 return;
         node = out->verdict == GATEWAY_LOCAL ? h->self : node_by_addr(h, out->backend.sin_addr.s_addr);
         user_hash = out->user_key[0] ? tsf_user_key_hash(out->user_key, strlen(out->user_key)) : 0;
@@ -537,7 +547,7 @@ static void on_directory_answer(int r, const struct dirclient_answer *a, void *u
                 snprintf(out.reason, sizeof(out.reason), "directory: no node takes new sessions");
         } else
                 decide_locally(h, &p->client, &out);
-        decision_finish(h, &p->client, &out);
+        decision_finish(h, &p->client, &out, false);
         r = gateway_complete_decision(h->gateway, p->id, &out);
         if (r < 0)
                 log_debug_errno(r, "Connection %" PRIu64 " no longer waits for its decision: %m", p->id);
@@ -590,7 +600,7 @@ int host_decide(struct host *h, const struct gateway_request *req, struct gatewa
                 }
                 decision_to_node(h, node, cr->routing_ipv4_be, out);
                 snprintf(out->reason, sizeof(out->reason), "routing token for %.64s", node->name);
-                decision_finish(h, &req->client, out);
+                decision_finish(h, &req->client, out, true);
                 return 0;
         }
 
@@ -602,7 +612,7 @@ int host_decide(struct host *h, const struct gateway_request *req, struct gatewa
                 if (r < 0)
                         return r;
                 if (r > 0) {
-                        decision_finish(h, &req->client, out);
+                        decision_finish(h, &req->client, out, false);
                         return 0;
                 }
                 snprintf(cookie, sizeof(cookie), "%.*s", (int)MIN(cr->cookie_value_len, sizeof(cookie) - 1),
@@ -621,7 +631,7 @@ int host_decide(struct host *h, const struct gateway_request *req, struct gatewa
 
         /* 3, 4. Affinity, then placement here. */
         decide_locally(h, &req->client, out);
-        decision_finish(h, &req->client, out);
+        decision_finish(h, &req->client, out, false);
         return 0;
 }
 
@@ -695,6 +705,42 @@ static void host_reconcile_conns(struct host *h) {
 
 static const char *const session_events[] = {"logon", "disconnect", "reconnect", "logoff"};
 
+/* A logon or reconnect the session host reports from a client it saw
+ * directly: not the gateway's leg (this host's own addresses) nor a peer's
+ * (a farm node), so the client took sk_lookup's fast path, which the
+ * gateway never sees. Its user is noted with the address's affinity to
+ * this node, so that a second user from one address (an office behind
+ * NAT, a load generator) marks the address shared, as the gateway would
+ * have (docs/decisions.md: one client address, one user, for the fast
+ * path). */
+static void note_reported_client(struct host *h, const char *event, const struct tsf_userkey *uk,
+                                 const char *client) {
+        struct tsf_affinity_value before, after;
+        struct tsf_node_value nv;
+        struct in_addr a;
+        const char *key = tsf_userkey_index(uk);
+        int r;
+
+        if (!client || h->config->affinity_ttl == 0 ||
+            (!streq_ptr(event, "logon") && !streq_ptr(event, "reconnect")))
+                return;
+        if (inet_pton(AF_INET, client, &a) != 1 || datapath_lookup_node(h->datapath, a.s_addr, &nv) == 0)
+                return;
+        if (datapath_affinity_get(h->datapath, a.s_addr, &before) < 0)
+                before.flags = 0;
+        r = datapath_affinity_note(h->datapath, a.s_addr, h->self->id, tsf_user_key_hash(key, strlen(key)),
+                                   h->config->affinity_ttl * 1000);
+        if (r < 0) {
+                log_debug_errno(r, "Failed to note the affinity of %s, ignoring: %m", client);
+                return;
+        }
+        if (datapath_affinity_get(h->datapath, a.s_addr, &after) == 0 &&
+            (after.flags & TSF_AFFINITY_F_MULTI_USER) && !(before.flags & TSF_AFFINITY_F_MULTI_USER))
+                log_info("Client address %s is shared: %s logged on from it through the fast path, which "
+                         "another user took before; its connections go through the gateway now.",
+                         client, key);
+}
+
 /* POST /v1/sessions/event: a session host reports one of its sessions.
  * Validated here so that a bad report is refused at once, not dropped
  * later; delivered to the directory in order, queued while it is away. */
@@ -758,6 +804,7 @@ static int on_api_session_event(struct tsf_api_request *req, json_t *body, const
                 return r;
         log_info("Session host (pid %d) reports %s of %s, session %" JSON_INTEGER_FORMAT ".", (int)peer->pid,
                  event, user, json_integer_value(id));
+        note_reported_client(h, event, &uk, client);
         dirclient_get_stats(h->dirclient, &st);
         *ret_reply = json_pack("{s:I}", "queued", (json_int_t)st.queued);
         return *ret_reply ? 202 : -ENOMEM;
