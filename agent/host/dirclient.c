@@ -107,6 +107,11 @@ static uint32_t node_id_of(const struct dirclient *dc, const char *name) {
         return 0;
 }
 
+/* The error code of a refusal ("unknown-node", "unknown-session", ...). */
+static const char *reply_code(json_t *reply) {
+        return json_string_value(json_object_get(reply, "error"));
+}
+
 static const char *reply_error(json_t *reply) {
         const char *e = json_string_value(json_object_get(reply, "error"));
         const char *reason = json_string_value(json_object_get(reply, "reason"));
@@ -551,8 +556,12 @@ static void on_event_done(int r, long status, json_t *reply, const char *error, 
         dc->event_call = NULL;
         if (!call_outcome(dc, r, status, reply, error))
                 return retry_later(dc, &dc->event_retry);
-        if (status == 404 || status == 409) {
-                /* Not (or no longer) registered: the event waits for it. */
+        /* Not (or no longer) registered: the event waits for it. A 404 for
+         * the session itself (a reconnect or logoff of a session the
+         * directory no longer has) is a refusal like any other: registering
+         * again cannot change it, and retrying it would hold up every later
+         * event of this node. */
+        if (status == 409 || (status == 404 && !streq_ptr(reply_code(reply), "unknown-session"))) {
                 lost_registration(dc, status, reply);
                 return retry_later(dc, &dc->event_retry);
         }
