@@ -58,57 +58,112 @@ void agent_cancel(struct agent_pending *p) {
         free(p);
 }
 
-struct report_ctx {
+/* One session report. The agent delivers reports to the directory in the
+ * order it receives them, and the directory refuses a report that does not
+ * follow from the one before (a reconnect after the logoff of the same
+ * session): so only one is on the way at a time, in the order made. */
+struct report {
+        struct report *next;
+        struct server *srv;
+        json_t *body;
         char what[TSHOST_USER_MAX + 64];
 };
 
+static void report_free(struct report *rp) {
+        if (!rp)
+                return;
+        json_decref(rp->body);
+        free(rp);
+}
+
+static void report_next(struct server *srv);
+
 static void on_report_done(int r, long status, json_t *reply, const char *error, void *userdata) {
-        _cleanup_free_ struct report_ctx *ctx = userdata;
+        struct report *rp = userdata;
+        struct server *srv = rp->srv;
         const char *code = json_string_value(json_object_get(reply, "error"));
 
         if (r < 0)
-                log_warning_errno(r, "Failed to report %s to the host agent: %s, ignoring.", ctx->what,
+                log_warning_errno(r, "Failed to report %s to the host agent: %s, ignoring.", rp->what,
                                   error);
         else if (status == 409 && streq_ptr(code, "no-directory"))
-                log_debug("Host agent follows no directory; %s not reported.", ctx->what);
+                log_debug("Host agent follows no directory; %s not reported.", rp->what);
         else if (status / 100 != 2)
-                log_warning("Host agent refused the report of %s: %ld %s: %s", ctx->what, status,
-                            code ?: "?", json_string_value(json_object_get(reply, "reason")) ?: "");
+                log_warning("Host agent refused the report of %s: %ld %s: %s", rp->what, status, code ?: "?",
+                            json_string_value(json_object_get(reply, "reason")) ?: "");
         else
-                log_debug("Reported %s to the host agent.", ctx->what);
+                log_debug("Reported %s to the host agent.", rp->what);
+        srv->report_sending = NULL;
+        report_free(rp);
+        report_next(srv);
+}
+
+/* Sends the oldest queued report unless one is on the way. */
+static void report_next(struct server *srv) {
+        int r;
+
+        while (!srv->report_sending && srv->reports) {
+                struct report *rp = srv->reports;
+
+                srv->reports = rp->next;
+                if (!srv->reports)
+                        srv->reports_tail = NULL;
+                rp->next = NULL;
+                r = tsf_api_client_start(srv->agent, "POST", "http://localhost/v1/sessions/event", rp->body,
+                                         0, on_report_done, rp, NULL);
+                if (r < 0) {
+                        log_warning_errno(r, "Failed to report %s to the host agent: %m, ignoring.",
+                                          rp->what);
+                        report_free(rp);
+                        continue;
+                }
+                srv->report_sending = rp;
+        }
 }
 
 void agent_report(struct server *srv, const char *event, const char *user, uint32_t session_id,
                   const char *device, const char *client_address) {
-        _cleanup_(json_decrefp) json_t *body = NULL;
-        _cleanup_free_ struct report_ctx *ctx = NULL;
+        struct report *rp;
         char dev[REPORT_DEVICE_MAX + 1];
         struct in_addr a;
-        int r;
 
         if (!srv->agent)
                 return;
-        ctx = calloc(1, sizeof(*ctx));
-        body = json_pack("{s:s, s:s, s:I}", "event", event, "user", user, "session_id",
-                         (json_int_t)session_id);
-        if (!ctx || !body) {
-                log_oom();
-                return;
+        rp = calloc(1, sizeof(*rp));
+        if (!rp)
+                return (void)log_oom();
+        rp->srv = srv;
+        rp->body = json_pack("{s:s, s:s, s:I}", "event", event, "user", user, "session_id",
+                             (json_int_t)session_id);
+        if (!rp->body) {
+                report_free(rp);
+                return (void)log_oom();
         }
-        snprintf(ctx->what, sizeof(ctx->what), "%s of %s (session %" PRIu32 ")", event, user, session_id);
+        snprintf(rp->what, sizeof(rp->what), "%s of %s (session %" PRIu32 ")", event, user, session_id);
         if (device && *device) {
                 tshost_text_copy(dev, sizeof(dev), device);
-                (void)json_object_set_new(body, "device", json_string(dev));
+                (void)json_object_set_new(rp->body, "device", json_string(dev));
         }
         if (client_address && inet_pton(AF_INET, client_address, &a) == 1)
-                (void)json_object_set_new(body, "client_address", json_string(client_address));
-        r = tsf_api_client_start(srv->agent, "POST", "http://localhost/v1/sessions/event", body, 0,
-                                 on_report_done, ctx, NULL);
-        if (r < 0) {
-                log_warning_errno(r, "Failed to report %s to the host agent: %m, ignoring.", ctx->what);
-                return;
+                (void)json_object_set_new(rp->body, "client_address", json_string(client_address));
+        if (srv->reports_tail)
+                srv->reports_tail->next = rp;
+        else
+                srv->reports = rp;
+        srv->reports_tail = rp;
+        report_next(srv);
+}
+
+void agent_reports_free(struct server *srv) {
+        while (srv->reports) {
+                struct report *rp = srv->reports;
+
+                srv->reports = rp->next;
+                report_free(rp);
         }
-        TAKE_PTR(ctx);
+        srv->reports_tail = NULL;
+        report_free(srv->report_sending);
+        srv->report_sending = NULL;
 }
 
 /* Cut at a UTF-8 boundary; the input is trusted to be UTF-8 (our own

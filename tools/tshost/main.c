@@ -348,7 +348,8 @@ static void server_done(struct server *srv) {
         sessions_free(srv);
         sd_event_source_disable_unref(srv->listen_source);
         safe_close(srv->listen_fd);
-        tsf_api_client_free(srv->agent);
+        tsf_api_client_free(srv->agent); /* cancels a report on the way, without its callback */
+        agent_reports_free(srv);
         SSL_CTX_free(srv->ssl_ctx);
         sd_event_unref(srv->event);
 }

@@ -88,6 +88,9 @@ struct server {
         unsigned n_sessions;
         uint32_t next_session_id;
         struct auth_job *auth_jobs;
+        /* Session reports, sent one at a time in the order they were made
+         * (agent.c): concurrent calls could reach the agent in any order. */
+        struct report *reports, *reports_tail, *report_sending;
         bool shutting_down;
 };
 
@@ -195,9 +198,12 @@ struct agent_pending;
 int agent_call(struct server *srv, struct conn *c, const char *method, const char *path, json_t *body,
                usec_t timeout, agent_conn_done_t done, struct agent_pending **ret);
 void agent_cancel(struct agent_pending *p);
-/* Fire-and-forget session report (POST /v1/sessions/event). */
+/* Fire-and-forget session report (POST /v1/sessions/event), queued
+ * behind the reports made before it. */
 void agent_report(struct server *srv, const char *event, const char *user, uint32_t session_id,
                   const char *device, const char *client_address);
+/* Frees the reports not sent (after the agent client is gone). */
+void agent_reports_free(struct server *srv);
 
 /* In a forked child: default signals, fds above 2 closed but keep_fd. */
 void tshost_child_reset(int keep_fd);
