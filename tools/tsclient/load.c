@@ -6,7 +6,11 @@
  * threads, each running the same blocking-with-deadlines connection code
  * as the interactive client. A device runs one connection at a time (its
  * store and reconnect cookie are its own); a slot that finds every device
- * busy is counted as skipped, not as a connection.
+ * busy is counted as skipped, not as a connection. A user is logged on from
+ * one device at a time, as a person uses one device at a time: two devices
+ * of one user at once would take the user's session from each other (the
+ * host's "replaced", the gateway's stale-leg reset), which is the farm
+ * working as designed, not a failure to count.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -26,6 +30,7 @@ struct device {
         struct tsc_store *store;
         char name[32];
         char user[TSF_PROTO_USER_MAX + 1]; /* the last user logged on, "" none */
+        unsigned user_index;               /* its index in users[] */
         uint8_t cookie[TSF_PROTO_COOKIE_MAX];
         size_t cookie_len;
 };
@@ -33,7 +38,8 @@ struct device {
 struct load {
         const struct tsc_load_opts *o;
         struct device *devices;
-        pthread_mutex_t lock; /* the schedule and the stats */
+        pthread_mutex_t *users; /* held while a device is logged on as that user */
+        pthread_mutex_t lock;   /* the schedule and the stats */
         usec_t next_slot, end, interval;
         struct tsc_load_stats stats;
         int error; /* a worker's fatal local error */
@@ -82,23 +88,40 @@ static struct device *grab_device(struct load *l, unsigned *seed) {
         return NULL;
 }
 
+/* A user no other device is logged on as, picked at random (locked); when
+ * every user is busy, waits for one. */
+static unsigned grab_user(struct load *l, unsigned *seed) {
+        unsigned n = l->o->users, start = rnd(seed, n);
+
+        for (unsigned i = 0; i < n; i++)
+                if (pthread_mutex_trylock(&l->users[(start + i) % n]) == 0)
+                        return (start + i) % n;
+        pthread_mutex_lock(&l->users[start]);
+        return start;
+}
+
 static void run_op(struct load *l, struct device *d, enum tsc_load_op op, unsigned *seed) {
         const struct tsc_load_opts *o = l->o;
         struct tsc_params p = o->params;
         struct tsc_result res = {};
         struct tsc_conn *conn = NULL;
         char user[TSF_PROTO_USER_MAX + 1];
+        unsigned ui;
         enum tsc_end end;
         int r;
 
         if (op == TSC_LOAD_RECONNECT && d->user[0]) {
+                ui = d->user_index;
+                pthread_mutex_lock(&l->users[ui]); /* its other device finishes first */
                 snprintf(user, sizeof(user), "%s", d->user);
                 if (d->cookie_len > 0) {
                         p.reconnect_cookie = d->cookie;
                         p.reconnect_cookie_len = d->cookie_len;
                 }
-        } else
-                snprintf(user, sizeof(user), "%s%u", o->user_prefix, 1 + rnd(seed, o->users));
+        } else {
+                ui = grab_user(l, seed);
+                snprintf(user, sizeof(user), "%s%u", o->user_prefix, 1 + ui);
+        }
         p.user = user;
         p.store = d->store;
         p.device_name = d->name;
@@ -121,10 +144,12 @@ static void run_op(struct load *l, struct device *d, enum tsc_load_op op, unsign
                         d->user[0] = '\0';
                 else {
                         snprintf(d->user, sizeof(d->user), "%s", user);
+                        d->user_index = ui;
                         memcpy(d->cookie, res.reconnect_cookie, res.reconnect_cookie_len);
                         d->cookie_len = res.reconnect_cookie_len;
                 }
         }
+        pthread_mutex_unlock(&l->users[ui]);
         if (res.outcome != TSC_OK)
                 log_debug("%s %s as %s: %s: %s", d->name, tsc_load_op_to_string(op), user,
                           tsc_outcome_to_string(res.outcome), res.error_text);
@@ -174,13 +199,17 @@ int tsc_load_run(const struct tsc_load_opts *o, FILE *out) {
         int r = 0;
 
         l.devices = calloc(o->devices, sizeof(*l.devices));
+        l.users = calloc(o->users, sizeof(*l.users));
         threads = calloc(o->concurrency, sizeof(*threads));
-        if (!l.devices || !threads) {
+        if (!l.devices || !l.users || !threads) {
                 free(l.devices);
+                free(l.users);
                 free(threads);
                 return log_oom();
         }
         pthread_mutex_init(&l.lock, NULL);
+        for (unsigned i = 0; i < o->users; i++)
+                pthread_mutex_init(&l.users[i], NULL);
         for (unsigned i = 0; i < o->devices; i++) {
                 char dir[4096];
                 struct device *d = &l.devices[i];
@@ -221,9 +250,12 @@ finish:
                 tsc_store_free(l.devices[i].store);
                 pthread_mutex_destroy(&l.devices[i].lock);
         }
+        for (unsigned i = 0; i < o->users; i++)
+                pthread_mutex_destroy(&l.users[i]);
         pthread_mutex_destroy(&l.lock);
         tsc_load_stats_done(&l.stats);
         free(l.devices);
+        free(l.users);
         free(threads);
         return r;
 }

@@ -154,8 +154,10 @@ static enum tsc_outcome license_exchange(const struct tsc_params *p, struct tsc_
         return TSC_OK;
 }
 
-static enum tsc_outcome client_info(const struct tsc_params *p, const char *user, struct tsc_conn *c,
-                                    struct tsc_result *res, struct tsf_pdu *answer) {
+/* CLIENT_INFO with the reconnect cookie (with_cookie, when there is one) or
+ * the password, and the answer to it. */
+static enum tsc_outcome client_info(const struct tsc_params *p, const char *user, bool with_cookie,
+                                    struct tsc_conn *c, struct tsc_result *res, struct tsf_pdu *answer) {
         struct tsf_pdu info;
         int r;
 
@@ -163,7 +165,7 @@ static enum tsc_outcome client_info(const struct tsc_params *p, const char *user
         info.client_info.rows = p->rows ?: 24;
         info.client_info.cols = p->cols ?: 80;
         snprintf(info.client_info.user, sizeof(info.client_info.user), "%s", user);
-        if (p->reconnect_cookie_len > 0) {
+        if (with_cookie && p->reconnect_cookie_len > 0) {
                 memcpy(info.client_info.reconnect_cookie, p->reconnect_cookie, p->reconnect_cookie_len);
                 info.client_info.reconnect_cookie_len = p->reconnect_cookie_len;
         } else
@@ -204,6 +206,7 @@ enum tsc_outcome tsc_logon(const struct tsc_params *p, struct tsc_result *res, s
                 struct tsf_pdu answer;
                 struct tsf_cr cr;
                 enum tsc_outcome o;
+                bool with_cookie;
                 int r;
 
                 /* The cookie: the routing token after a redirect, else the
@@ -231,9 +234,25 @@ enum tsc_outcome tsc_logon(const struct tsc_params *p, struct tsc_result *res, s
                 o = license_exchange(p, c, res);
                 if (o != TSC_OK)
                         return o;
-                o = client_info(p, user, c, res, &answer);
+                with_cookie = p->reconnect_cookie_len > 0;
+                o = client_info(p, user, with_cookie, c, res, &answer);
                 if (o != TSC_OK)
                         return o;
+                /* A cookie the host no longer honours (used, expired, or the
+                 * session taken over by another device's logon meanwhile):
+                 * the password follows on the same connection, as an RDP
+                 * client's automatic reconnection falls back to its
+                 * credentials (the protocol allows 3 attempts). */
+                if (with_cookie && answer.type == TSF_PDU_LOGON_RESULT &&
+                    answer.logon_result.status == TSF_LOGON_WRONG_PASSWORD &&
+                    answer.logon_result.reason == TSF_REASON_BAD_RECONNECT_COOKIE && p->password &&
+                    p->password[0]) {
+                        log_debug("The reconnect cookie was refused; logging on with the password.");
+                        with_cookie = false;
+                        o = client_info(p, user, with_cookie, c, res, &answer);
+                        if (o != TSC_OK)
+                                return o;
+                }
 
                 if (answer.type == TSF_PDU_REDIRECT) {
                         const struct tsf_pdu_redirect *rd = &answer.redirect;
@@ -272,7 +291,7 @@ enum tsc_outcome tsc_logon(const struct tsc_params *p, struct tsc_result *res, s
                         return TSC_OK;
                 case TSF_LOGON_WRONG_PASSWORD:
                         return fail(res, TSC_WRONG_PASSWORD, -EACCES, "logon refused: wrong user name or %s",
-                                    p->reconnect_cookie_len ? "reconnect cookie" : "password");
+                                    with_cookie ? "reconnect cookie" : "password");
                 default:
                         return fail(res, TSC_LOGON_REFUSED, -EACCES, "logon refused: %s, %s%s%s",
                                     tsf_logon_status_to_string(answer.logon_result.status),
