@@ -43,26 +43,7 @@ source "$here/lib/licfarm.sh"
 # shellcheck source=lib/sessionfarm.sh
 source "$here/lib/sessionfarm.sh"
 
-if ((EUID != 0)); then
-        farm_skip session-farm "needs root"
-        exit 77
-fi
-for t in ip nsenter unshare ss jq curl useradd userdel chpasswd; do
-        if ! command -v "$t" >/dev/null; then
-                farm_skip session-farm "$t is not installed; tools/deps.sh check installs it"
-                exit 77
-        fi
-done
-for t in tsagent tsctl tshost tsclient; do
-        if [[ ! -x $TSAGENT_BUILD/$t ]]; then
-                farm_skip session-farm "$TSAGENT_BUILD/$t is not built; run make"
-                exit 77
-        fi
-done
-if ! compgen -G "/lib/*/security/pam_unix.so" >/dev/null && ! compgen -G "/lib/security/pam_unix.so" >/dev/null; then
-        farm_skip session-farm "pam_unix.so is not installed (libpam-modules)"
-        exit 77
-fi
+sf_require session-farm
 
 trap sf_down EXIT
 t0=$(farm_now_ms)

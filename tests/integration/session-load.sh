@@ -41,26 +41,7 @@ RATE=${SESSION_LOAD_RATE:-10}
 MIX=connect=40,disconnect=20,reconnect=25,logoff=15
 SF_USERS=20
 
-if ((EUID != 0)); then
-        farm_skip session-load "needs root"
-        exit 77
-fi
-for t in ip nsenter unshare ss jq curl useradd userdel chpasswd; do
-        if ! command -v "$t" >/dev/null; then
-                farm_skip session-load "$t is not installed; tools/deps.sh check installs it"
-                exit 77
-        fi
-done
-for t in tsagent tsctl tshost tsclient; do
-        if [[ ! -x $TSAGENT_BUILD/$t ]]; then
-                farm_skip session-load "$TSAGENT_BUILD/$t is not built; run make"
-                exit 77
-        fi
-done
-if ! compgen -G "/lib/*/security/pam_unix.so" >/dev/null && ! compgen -G "/lib/security/pam_unix.so" >/dev/null; then
-        farm_skip session-load "pam_unix.so is not installed (libpam-modules)"
-        exit 77
-fi
+sf_require session-load
 
 trap sf_down EXIT
 t0=$(farm_now_ms)

@@ -87,6 +87,18 @@ _sf_fail() { # WHAT [LOG...]
         return 1
 }
 
+# Exits 77 (skipped, with the reason) unless the whole farm can run here:
+# root, the tools, the four binaries built, pam_unix for the test users.
+sf_require() { # NAME
+        tsagent_require "$1" ip nsenter unshare ss jq curl useradd userdel chpasswd -- \
+                tsagent tsctl tshost tsclient
+        if ! compgen -G "/lib/*/security/pam_unix.so" >/dev/null &&
+                ! compgen -G "/lib/security/pam_unix.so" >/dev/null; then
+                farm_skip "$1" "pam_unix.so is not installed (libpam-modules)"
+                exit 77
+        fi
+}
+
 # ---- the whole farm ----------------------------------------------------------------------
 
 # Brings the whole farm up (see the top of this file). Returns non-zero,
