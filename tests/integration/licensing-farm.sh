@@ -87,13 +87,6 @@ reports() {
         tsctl_lic lic1 report --json | jq -S 'del(.generated, .generated_usec)'
         tsctl_lic lic2 report --json | jq -S 'del(.generated, .generated_usec)'
 }
-expect() { # NAME JSON JQ-FILTER
-        if jq -e "$3" <<<"$2" >/dev/null 2>&1; then
-                farm_pass "$1"
-        else
-                farm_fail "$1" "$3 is false for: $2"
-        fi
-}
 
 # ---- 1. discovery -------------------------------------------------------------------
 both_found() {
@@ -103,7 +96,7 @@ both_found() {
 }
 if farm_wait_until 10 both_found; then
         diag=$(host_api node1 GET /v1/license/diagnose)
-        expect "node1 discovered both license servers by multicast, its own site (east) first" "$diag" \
+        tsagent_expect "node1 discovered both license servers by multicast, its own site (east) first" "$diag" \
                 '(.servers | map(.name)) == ["lic1", "lic2"] and (.servers[0].origins | index("multicast")) != null'
 else
         farm_fail "node1 discovered both license servers by multicast" "not within 10 s" \
@@ -114,49 +107,49 @@ fi
 # ---- 2-4. temporary, validation, Device CAL ----------------------------------------------
 d1=$(hwid)
 a=$(obtain node1 "$d1" pc-alice alice)
-expect "an unknown device is admitted with a new temporary token from lic1" "$a" \
+tsagent_expect "an unknown device is admitted with a new temporary token from lic1" "$a" \
         '.decision == "admit" and .license == "new-license" and .kind == "temporary" and .server == "lic1"'
 t1=$(jq -r .token <<<"$a")
 v=$(verify "$t1" "$d1")
-expect "the temporary token verifies offline and lasts 90 days" "$v" \
+tsagent_expect "the temporary token verifies offline and lasts 90 days" "$v" \
         ".verdict == \"ok\" and .token.kind == \"temporary\" and (.token.expires_usec - .token.issued_usec) == (90 * $DAY_US)"
 g=$(jq -c .grace <<<"$a")
-expect "the first client connection started node1's grace period (120 days)" "$g" \
+tsagent_expect "the first client connection started node1's grace period (120 days)" "$g" \
         ".state == \"active\" and (.deadline_usec - .started_usec) == (120 * $DAY_US)"
 c=$(check node1 "$d1" "$t1")
-expect "check: a valid temporary token, the next step is a Device CAL" "$c" \
+tsagent_expect "check: a valid temporary token, the next step is a Device CAL" "$c" \
         '.presented == "temporary" and .valid and .action == "request-cal"'
 
 a=$(obtain node1 "$d1" pc-alice alice "$t1")
-expect "before a logon validated it, the next connection keeps the temporary token" "$a" \
+tsagent_expect "before a logon validated it, the next connection keeps the temporary token" "$a" \
         '.decision == "admit" and .license == "valid" and .token == null and .reason_code == "not-validated"'
 
 l=$(logon node1 "$d1" pc-alice alice "$t1")
-expect "a logon validates the temporary token at lic1" "$l" '.validated and .server == "lic1"'
+tsagent_expect "a logon validates the temporary token at lic1" "$l" '.validated and .server == "lic1"'
 rec=$(tsctl_lic lic1 issued --json)
-expect "lic1 records the temporary token as temporary-validated" "$rec" \
+tsagent_expect "lic1 records the temporary token as temporary-validated" "$rec" \
         '[.tokens[] | select(.device_name == "pc-alice" and .state == "temporary-validated")] | length == 1'
 
 a=$(obtain node1 "$d1" pc-alice alice "$t1")
-expect "the next connection upgrades the device to a Device CAL from lic1" "$a" \
+tsagent_expect "the next connection upgrades the device to a Device CAL from lic1" "$a" \
         '.decision == "admit" and .license == "upgrade" and .kind == "device-cal" and .reason_code == "cal-issued"'
 cal1=$(jq -r .token <<<"$a")
 v=$(verify "$cal1" "$d1")
 cal_days=$(jq '(.token.expires_usec - .token.issued_usec) / 86400000000' <<<"$v")
-expect "the Device CAL verifies offline and expires within 52-89 days ($cal_days)" "$v" \
+tsagent_expect "the Device CAL verifies offline and expires within 52-89 days ($cal_days)" "$v" \
         ".verdict == \"ok\" and .token.kind == \"device-cal\" and ($cal_days >= 52) and ($cal_days <= 89)"
 rec=$(tsctl_lic lic1 issued --json)
 today=$(date -u +%Y-%m-%d)
-expect "lic1 records the CAL with device name, user name and date" "$rec" \
+tsagent_expect "lic1 records the CAL with device name, user name and date" "$rec" \
         "[.tokens[] | select(.kind == \"device-cal\" and .state == \"active\" and .device_name == \"pc-alice\" and .user_name == \"alice\" and (.issued | startswith(\"$today\")))] | length == 1"
-expect "the first Device CAL ended node1's grace period" "$a" '.grace.state == "ended"'
+tsagent_expect "the first Device CAL ended node1's grace period" "$a" '.grace.state == "ended"'
 
 # ---- 5. a valid CAL is kept ----------------------------------------------------------
 a=$(obtain node1 "$d1" pc-alice alice "$cal1")
-expect "a device with a valid Device CAL is admitted and keeps it" "$a" \
+tsagent_expect "a device with a valid Device CAL is admitted and keeps it" "$a" \
         '.decision == "admit" and .license == "valid" and .token == null and .reason_code == "cal-valid"'
 c=$(check node1 "$d1" "$cal1")
-expect "check: a valid Device CAL, nothing to do" "$c" '.presented == "device-cal" and .valid and .action == "none"'
+tsagent_expect "check: a valid Device CAL, nothing to do" "$c" '.presented == "device-cal" and .valid and .action == "none"'
 
 # ---- 6-7. borrowing, then no inventory ----------------------------------------------------
 # full_cal NODE HWID DEVICE USER: temporary, logon, upgrade; prints the last answer.
@@ -169,7 +162,7 @@ full_cal() {
 }
 d2=$(hwid)
 a=$(full_cal node1 "$d2" pc-bob bob)
-expect "a second device takes lic1's last CAL" "$a" '.license == "upgrade" and .lender == null'
+tsagent_expect "a second device takes lic1's last CAL" "$a" '.license == "upgrade" and .lender == null'
 lic_peers() { curl -sS --max-time 5 --unix-socket "$(lsock "$1")" http://localhost/v1/peers; }
 lic1_sees_lic2() {
         lic_peers lic1 | jq -e '[.peers[] | select(.name == "lic2" and .reachable)] | length == 1' >/dev/null
@@ -181,18 +174,18 @@ else
 fi
 d3=$(hwid)
 a=$(full_cal node1 "$d3" pc-carol carol)
-expect "lic1's pool empty: the CAL is borrowed through lic1 from lic2" "$a" \
+tsagent_expect "lic1's pool empty: the CAL is borrowed through lic1 from lic2" "$a" \
         '.license == "upgrade" and .kind == "device-cal" and .lender == "lic2" and .server == "lic1"'
 v=$(verify "$(jq -r .token <<<"$a")" "$d3")
 lic2_key=$(host_api node1 GET /v1/license/diagnose | jq -r '.servers[] | select(.name == "lic2") | .key_id')
-expect "the borrowed CAL is signed by lic2" "$v" ".verdict == \"ok\" and .token.issuer_key_id == \"$lic2_key\""
+tsagent_expect "the borrowed CAL is signed by lic2" "$v" ".verdict == \"ok\" and .token.issuer_key_id == \"$lic2_key\""
 d4=$(hwid)
 a=$(full_cal node1 "$d4" pc-dave dave)
-expect "no inventory anywhere: the device keeps its temporary token" "$a" \
+tsagent_expect "no inventory anywhere: the device keeps its temporary token" "$a" \
         '.decision == "admit" and .license == "valid" and .kind == "temporary" and .reason_code == "no-inventory"'
 for n in lic1 lic2; do
         p=$(tsctl_lic "$n" packs --json)
-        expect "$n: available + issued = installed" "$p" \
+        tsagent_expect "$n: available + issued = installed" "$p" \
                 '[.packs[] | .available + .issued == .count] | all'
 done
 
@@ -201,20 +194,20 @@ before=$(reports)
 sig=${cal1##*.}
 forged="${cal1%.*}.${sig:0:10}$([[ ${sig:10:1} == A ]] && echo B || echo A)${sig:11}"
 a=$(obtain node1 "$d1" pc-alice alice "$forged")
-expect "a token with an altered signature is refused (bad-signature)" "$a" \
+tsagent_expect "a token with an altered signature is refused (bad-signature)" "$a" \
         '.decision == "refuse" and .reason_code == "bad-signature" and .token == null'
 body=${cal1#tsl1.}
 body=${body%%.*}
 # Character 120 of the body's base64 is in its validity dates.
 altered="tsl1.${body:0:120}$([[ ${body:120:1} == A ]] && echo B || echo A)${body:121}.$sig"
 a=$(obtain node1 "$d1" pc-alice alice "$altered")
-expect "a token with an altered expiry is refused (bad-signature)" "$a" \
+tsagent_expect "a token with an altered expiry is refused (bad-signature)" "$a" \
         '.decision == "refuse" and .reason_code == "bad-signature"'
 a=$(obtain node1 "$d2" pc-bob bob "$cal1")
-expect "alice's CAL presented by another device is refused (other-device)" "$a" \
+tsagent_expect "alice's CAL presented by another device is refused (other-device)" "$a" \
         '.decision == "refuse" and .reason_code == "other-device"'
 a=$(obtain node1 "$d1" pc-alice alice "garbage")
-expect "a malformed token is refused (malformed)" "$a" '.decision == "refuse" and .reason_code == "malformed"'
+tsagent_expect "a malformed token is refused (malformed)" "$a" '.decision == "refuse" and .reason_code == "malformed"'
 bad=0
 for b in 'not json' '[]' '{"hardware_id":"zz","device_name":"x"}' '{"hardware_id":"00"}' \
         "{\"hardware_id\":\"$d1\"}" "{\"hardware_id\":\"$d1\",\"device_name\":\"\"}" \
@@ -239,7 +232,7 @@ fi
 d5=$(hwid)
 kill -STOP "$(farm_pid agent-lic1)" "$(farm_pid agent-lic2)"
 a=$(obtain node2 "$d5" pc-erin erin)
-expect "no license server answers: node2 admits a new device inside its grace period" "$a" \
+tsagent_expect "no license server answers: node2 admits a new device inside its grace period" "$a" \
         '.decision == "admit" and .license == "grace" and .token == null and .reason_code == "grace-period" and .grace.state == "active"'
 if grep -q "rediscovering" "$(farm_log agent-node2)"; then
         farm_pass "node2 rediscovered before falling back on the grace period"
@@ -248,7 +241,7 @@ else
 fi
 kill -CONT "$(farm_pid agent-lic1)" "$(farm_pid agent-lic2)"
 a=$(obtain node2 "$d5" pc-erin erin)
-expect "a license server back: the device gets its temporary token" "$a" \
+tsagent_expect "a license server back: the device gets its temporary token" "$a" \
         '.decision == "admit" and .license == "new-license" and .kind == "temporary"'
 
 # ---- 10. after the grace period ---------------------------------------------------------
@@ -275,14 +268,14 @@ fi
 kill -STOP "$(farm_pid agent-lic1)" "$(farm_pid agent-lic2)"
 d6=$(hwid)
 a=$(obtain node2 "$d6" pc-frank frank)
-expect "after the grace period a device without a token is refused with a clear reason" "$a" \
+tsagent_expect "after the grace period a device without a token is refused with a clear reason" "$a" \
         '.decision == "refuse" and .reason_code == "grace-expired" and (.reason | test("no license server answered.*grace period expired")) and .grace.state == "expired"'
 diag=$(host_api node2 GET /v1/license/diagnose)
-expect "diagnose on node2: both servers unreachable, grace expired, reason codes" "$diag" \
+tsagent_expect "diagnose on node2: both servers unreachable, grace expired, reason codes" "$diag" \
         '([.servers[] | select(.reachable | not) | .problems[0].code] | all(. == "unreachable")) and ([.problems[].code] | index("grace-expired") != null)'
 kill -CONT "$(farm_pid agent-lic1)" "$(farm_pid agent-lic2)"
 a=$(obtain node2 "$d6" pc-frank frank)
-expect "after the grace period a license server still licenses new devices" "$a" \
+tsagent_expect "after the grace period a license server still licenses new devices" "$a" \
         '.decision == "admit" and .license == "new-license"'
 
 # ---- 11. tsctl license diagnose ------------------------------------------------------------

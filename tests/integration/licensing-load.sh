@@ -81,13 +81,6 @@ for n in $(seq -f 'node%g' 1 "$HOSTS") lic1 lic2; do
         "$TSCTL" pki issue --dir "$pki" "$n" --ip "$(farm_addr "$n")" --days 1 >/dev/null
 done
 
-expect() { # NAME JSON JQ-FILTER
-        if jq -e "$3" <<<"$2" >/dev/null 2>&1; then
-                farm_pass "$1"
-        else
-                farm_fail "$1" "$3 is false for: $(head -c 2000 <<<"$2")"
-        fi
-}
 
 # ---- the farm ---------------------------------------------------------------------
 # A peer's inventory is read every 5 s (default 30 s), so that the restarted
@@ -228,7 +221,7 @@ else
 fi
 for n in lic1 lic2; do
         p=$(tsctl_lic "$n" packs --json)
-        expect "right after the restart, $n: available + issued = count for every pack" "$p" \
+        tsagent_expect "right after the restart, $n: available + issued = count for every pack" "$p" \
                 '[.packs[] | .available + .issued == .count] | all'
 done
 tsctl_lic lic1 issued --json >"$FARM_DIR/lic1-after-restart.json"
@@ -237,7 +230,7 @@ lost=$(jq -n --slurpfile a "$FARM_DIR/lic1-before-kill.json" --slurpfile b "$FAR
         | [$a[0].tokens[] | select($m[.token_id] == null or $m[.token_id].hardware_id != .hardware_id
                 or $m[.token_id].kind != .kind or (.state == "active" and $m[.token_id].state != "active"))
            | .token_id]')
-expect "nothing lic1 committed before the kill was lost ($(jq '.tokens | length' "$FARM_DIR/lic1-before-kill.json") records)" \
+tsagent_expect "nothing lic1 committed before the kill was lost ($(jq '.tokens | length' "$FARM_DIR/lic1-before-kill.json") records)" \
         "$lost" 'length == 0'
 
 if farm_wait_until 110 drivers_done; then
@@ -323,17 +316,17 @@ else
         farm_fail "(a) available + issued = count in every sample during the run" \
                 "${#VIOLATIONS[@]} of $SAMPLES broken: ${VIOLATIONS[*]:0:3}"
 fi
-expect "(a) at the end: available + issued = count for every pack ($(jq -c '.packs' <<<"$f"))" "$f" \
+tsagent_expect "(a) at the end: available + issued = count for every pack ($(jq -c '.packs' <<<"$f"))" "$f" \
         '.invariant_broken == [] and .issued_per_packs == .active_cals'
-expect "(b) no token id issued twice, within or across the servers ($(jq .records <<<"$f") records)" "$f" \
+tsagent_expect "(b) no token id issued twice, within or across the servers ($(jq .records <<<"$f") records)" "$f" \
         '.duplicate_token_ids == []'
-expect "(c) no device has more than one active CAL across both servers" "$f" \
+tsagent_expect "(c) no device has more than one active CAL across both servers" "$f" \
         '.devices_with_several_cals == {}'
-expect "(d) all $INSTALLED CALs issued, no more: $(jq -c .active_cals_by_server <<<"$f"), pools empty" "$f" \
+tsagent_expect "(d) all $INSTALLED CALs issued, no more: $(jq -c .active_cals_by_server <<<"$f"), pools empty" "$f" \
         ".active_cals == $INSTALLED and .installed == $INSTALLED and .available == 0"
-expect "(d) every active CAL is held by its device (none stranded; $STRANDED were before the reconnection)" "$f" \
+tsagent_expect "(d) every active CAL is held by its device (none stranded; $STRANDED were before the reconnection)" "$f" \
         ".stranded_cals == [] and .held_cals == $INSTALLED and .held_cals_not_matching_records == []"
-expect "(e) the $INSTALLED CALs the devices hold are distinct" "$f" ".held_cals_distinct == $INSTALLED"
+tsagent_expect "(e) the $INSTALLED CALs the devices hold are distinct" "$f" ".held_cals_distinct == $INSTALLED"
 
 # (e, f) offline verification of a sample, as a terminal server would.
 verify_sample() { # KIND: prints the failures
@@ -352,7 +345,7 @@ if [[ -z $out ]]; then
 else
         farm_fail "(e) sampled CALs verify offline" "$(head -3 <<<"$out")"
 fi
-expect "(f) every device without a CAL holds its own live, validated temporary token" "$f" \
+tsagent_expect "(f) every device without a CAL holds its own live, validated temporary token" "$f" \
         '.temporaries_not_valid == [] and .held_nothing == []'
 out=$(verify_sample temporary)
 if [[ -z $out ]]; then
@@ -360,13 +353,13 @@ if [[ -z $out ]]; then
 else
         farm_fail "(f) sampled temporary tokens verify offline" "$(head -3 <<<"$out")"
 fi
-expect "(g) the drivers' counts add up: $DEVICES devices = CALs + temporary-only, none given up" "$f" \
+tsagent_expect "(g) the drivers' counts add up: $DEVICES devices = CALs + temporary-only, none given up" "$f" \
         ".devices == $DEVICES and .held_cals + .held_temporary == $DEVICES and .gave_up == [] and
          .drivers.devices == $DEVICES and .drivers.cal + .drivers.temporary == $DEVICES and .drivers.cal == .held_cals and
          .drivers.borrowed == .held_borrowed"
-expect "(g) the drivers tried again only when no license server answered ($(jq -c .retry_reasons <<<"$f"))" "$f" \
+tsagent_expect "(g) the drivers tried again only when no license server answered ($(jq -c .retry_reasons <<<"$f"))" "$f" \
         '[.retry_reasons | keys[] | select(test(":(license-server-unreachable|grace-period)$") | not)] == []'
-expect "(g) borrowed CALs held = CALs recorded as lent ($(jq .held_borrowed <<<"$f"))" "$f" \
+tsagent_expect "(g) borrowed CALs held = CALs recorded as lent ($(jq .held_borrowed <<<"$f"))" "$f" \
         '.held_borrowed == .lent'
 if grep -qiE "AddressSanitizer|runtime error|LeakSanitizer" "$FARM_DIR"/logs/agent-*.log; then
         farm_fail "(h) agents logged no sanitizer reports" \

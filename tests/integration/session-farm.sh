@@ -65,15 +65,6 @@ mkdir "$scripts"
 json_of() {
         grep -o '{"result".*}' <<<"$1" | tail -n 1
 }
-expect() { # NAME JSON JQ-FILTER [LOG...]
-        local name=$1 json=$2 filter=$3
-        shift 3
-        if jq -e "$filter" <<<"$json" >/dev/null 2>&1; then
-                farm_pass "$name"
-        else
-                farm_fail "$name" "$filter is false for: ${json:-nothing}" "$@"
-        fi
-}
 # A connection's tags: the script prints "P<n+1>P <pid> Q<n+2>Q" and, when
 # the history holds the marker, "H<n+3>H"; the terminal echoes the typed
 # "$((n+1))" forms, never these numbers, and every connection has its own
@@ -122,7 +113,7 @@ tag=$(new_tag)
         script_lines "$tag"
 } >"$scripts/1"
 connect pc-a --server "$(farm_addr node1)" --user "$U" --script "$scripts/1"
-expect "1: the first connection logs on in a new session: new-license, a temporary token stored" "$JSON" \
+tsagent_expect "1: the first connection logs on in a new session: new-license, a temporary token stored" "$JSON" \
         '.result == "ok" and .reattached == false and .license.status == "new-license" and
          .license.kind == "temporary" and .license.stored' "$SF_DIR/client.err"
 home=$(jq -r '.server // empty' <<<"$JSON")
@@ -140,10 +131,10 @@ done
 hwid=$(sf_device_hwid pc-a)
 tok1=$(sf_device_token pc-a)
 v=$(sf_license_verify "$tok1" "$hwid")
-expect "1: the device store holds a temporary token, genuine and this device's (tsctl license verify)" "$v" \
+tsagent_expect "1: the device store holds a temporary token, genuine and this device's (tsctl license verify)" "$v" \
         '.verdict == "ok" and .token.kind == "temporary"'
 issued=$(tsctl_lic lic1 issued --json)
-expect "1: the logon validated it at lic1 (temporary-validated)" "$issued" \
+tsagent_expect "1: the logon validated it at lic1 (temporary-validated)" "$issued" \
         '[.tokens[] | select(.device_name == "pc-a" and .kind == "temporary" and .state == "temporary-validated")] | length == 1'
 dir_wait "1: the directory has the session disconnected on $home after the client's DISCONNECT" "$U" "$home disconnected" 10
 
@@ -151,9 +142,9 @@ dir_wait "1: the directory has the session disconnected on $home after the clien
 tag=$(new_tag)
 script_lines "$tag" >"$scripts/2"
 connect pc-a --server "$(farm_addr node1)" --user "$U" --script "$scripts/2"
-expect "2: the second connection upgrades the device to a Device CAL, stored" "$JSON" \
+tsagent_expect "2: the second connection upgrades the device to a Device CAL, stored" "$JSON" \
         '.result == "ok" and .license.status == "upgrade" and .license.kind == "device-cal" and .license.stored'
-expect "2: ... and reattaches the session on $home" "$JSON" ".reattached and .server == \"$home\""
+tsagent_expect "2: ... and reattaches the session on $home" "$JSON" ".reattached and .server == \"$home\""
 p=$(pid_in "$OUT" "$tag")
 if [[ $p == "$pid" ]]; then
         farm_pass "2: the same shell (pid $pid)"
@@ -162,10 +153,10 @@ else
 fi
 tok2=$(sf_device_token pc-a)
 v=$(sf_license_verify "$tok2" "$hwid")
-expect "2: the device store now holds a Device CAL for this device (tsctl license verify)" "$v" \
+tsagent_expect "2: the device store now holds a Device CAL for this device (tsctl license verify)" "$v" \
         '.verdict == "ok" and .token.kind == "device-cal"'
 issued=$(tsctl_lic lic1 issued --json)
-expect "2: lic1 records the Device CAL with device pc-a and user $U" "$issued" \
+tsagent_expect "2: lic1 records the Device CAL with device pc-a and user $U" "$issued" \
         "[.tokens[] | select(.kind == \"device-cal\" and .state == \"active\" and .device_name == \"pc-a\" and .user_name == \"$U\")] | length == 1"
 dir_wait "2: disconnected on $home again" "$U" "$home disconnected" 10
 
@@ -210,7 +201,7 @@ via=${others[0]}
 tag=$(new_tag)
 script_lines "$tag" history >"$scripts/4"
 connect pc-a --server "$(farm_addr "$via")" --user "$U" --script "$scripts/4"
-expect "4: reconnecting through $via with the cookie: logged on, steered to $home, no redirect" "$JSON" \
+tsagent_expect "4: reconnecting through $via with the cookie: logged on, steered to $home, no redirect" "$JSON" \
         ".result == \"ok\" and .server == \"$home\" and .redirects == 0 and .reattached and .license.status == \"valid\""
 p=$(pid_in "$OUT" "$tag")
 if [[ $p == "$pid" ]] && history_in "$OUT" "$tag"; then
@@ -241,7 +232,7 @@ tag=$(new_tag)
         echo logoff
 } >"$scripts/5"
 connect pc-a --server "$(farm_addr "$via")" --user "$U" --no-cookie --script "$scripts/5"
-expect "5: reconnecting through $via without a cookie: a REDIRECT followed, logged on at $home" "$JSON" \
+tsagent_expect "5: reconnecting through $via without a cookie: a REDIRECT followed, logged on at $home" "$JSON" \
         ".result == \"ok\" and .server == \"$home\" and .redirects == 1 and .reattached"
 p=$(pid_in "$OUT" "$tag")
 if [[ $p == "$pid" ]] && history_in "$OUT" "$tag"; then
@@ -254,7 +245,7 @@ if (($(count_in_logs "redirecting $U to $(farm_addr "$home" | sed 's/\./\\./g'):
 else
         farm_fail "5: a tshost redirected the client to $home" "no such line in the tshost logs"
 fi
-expect "5: the session ended with LOGOFF" "$JSON" '.end == "logoff" and .exit == 0'
+tsagent_expect "5: the session ended with LOGOFF" "$JSON" '.end == "logoff" and .exit == 0'
 dir_wait "5: after the logoff the directory has no session of $U" "$U" "" 10
 if farm_wait_until 10 _farm_not_alive "$pid"; then
         farm_pass "5: the shell (pid $pid) is gone"
@@ -273,7 +264,7 @@ if ((RC == 4)); then
 else
         farm_fail "6: a wrong password is refused: exit status 4" "exit status $RC: $JSON"
 fi
-expect "6: ... wrong-password, the Device CAL still valid" "$JSON" \
+tsagent_expect "6: ... wrong-password, the Device CAL still valid" "$JSON" \
         '.result == "wrong-password" and .logon.status == "wrong-password" and .license.status == "valid"'
 after=$(sf_license_reports)
 if [[ -n $before && $before == "$after" ]]; then
@@ -294,7 +285,7 @@ if ((rc1 == 4 && RC == 4)); then
 else
         farm_fail "6: a new device with a wrong password is refused twice" "exit statuses $rc1, $RC: $json1 $JSON"
 fi
-expect "6: ... its temporary token, not validated, stays as it is (valid, no upgrade)" "$JSON" \
+tsagent_expect "6: ... its temporary token, not validated, stays as it is (valid, no upgrade)" "$JSON" \
         '.result == "wrong-password" and .license.status == "valid" and .license.kind == "temporary"'
 after=$(sf_license_reports)
 issued=$(tsctl_lic lic1 issued --json)
@@ -320,11 +311,11 @@ before=$(sf_license_reports)
 cals() { sf_license_reports | jq -s '[.[] | .tokens? // empty | .[] | select(.kind == "device-cal")] | length'; }
 cals_before=$(cals)
 SF_MACHINE=other-pc connect pc-copy --server "$(farm_addr node1)" --user "$U" --logoff </dev/null
-expect "7: pc-a's store copied to another machine: its Device CAL is not honoured (new-license, token-other-device)" \
+tsagent_expect "7: pc-a's store copied to another machine: its Device CAL is not honoured (new-license, token-other-device)" \
         "$JSON" '.result == "ok" and .license.status == "new-license" and .license.reason == "token-other-device" and
                  .license.kind == "temporary" and .license.stored'
 v=$(sf_license_verify "$tok2" "$copy_hwid")
-expect "7: ... offline verification of the copied CAL on that machine says other-device" "$v" '.verdict == "other-device"'
+tsagent_expect "7: ... offline verification of the copied CAL on that machine says other-device" "$v" '.verdict == "other-device"'
 tokc=$(sf_device_token pc-copy)
 v=$(sf_license_verify "$tokc" "$copy_hwid")
 if [[ $tokc != "$tok2" ]] && jq -e '.verdict == "ok" and .token.kind == "temporary"' <<<"$v" >/dev/null; then
@@ -344,7 +335,7 @@ else
         farm_fail "7: tshost logged the other-device token" "no such line" "$(farm_log tshost-node1)"
 fi
 connect pc-a --server "$(farm_addr node1)" --user "$U" --logoff </dev/null
-expect "7: pc-a on its own machine keeps its Device CAL (valid)" "$JSON" \
+tsagent_expect "7: pc-a on its own machine keeps its Device CAL (valid)" "$JSON" \
         '.result == "ok" and .license.status == "valid" and .license.stored == false'
 if [[ $(sf_device_token pc-a) == "$tok2" ]]; then
         farm_pass "7: pc-a's store still holds the same CAL"

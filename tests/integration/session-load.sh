@@ -52,15 +52,6 @@ else
         exit 1
 fi
 
-expect() { # NAME JSON JQ-FILTER [LOG...]
-        local name=$1 json=$2 filter=$3
-        shift 3
-        if jq -e "$filter" <<<"$json" >/dev/null 2>&1; then
-                farm_pass "$name"
-        else
-                farm_fail "$name" "$filter is false for: ${json:-nothing}" "$@"
-        fi
-}
 count_in_logs() { # ERE: matching lines in every tshost log
         cat "$FARM_DIR"/logs/tshost-node*.log | grep -cE "$1" || true
 }
@@ -80,22 +71,22 @@ if ((rc == 0)) && jq -e '.consistent' <<<"$S" >/dev/null 2>&1; then
 else
         farm_fail "tsclient load ran $DEVICES devices for ${DURATION} s" "exit status $rc: $S" "$SF_DIR/load.err"
 fi
-expect "no connection failed ($(jq -r .connections <<<"$S" 2>/dev/null) connections)" "$S" \
+tsagent_expect "no connection failed ($(jq -r .connections <<<"$S" 2>/dev/null) connections)" "$S" \
         '.failed == 0 and ([.failures[]] | add) == 0 and ([.ops[].failed] | add) == 0 and .connections >= 100'
-expect "connections = succeeded + failed = the sum over operations, every operation ran" "$S" \
+tsagent_expect "connections = succeeded + failed = the sum over operations, every operation ran" "$S" \
         '.connections == .succeeded + .failed and ([.ops[].connections] | add) == .connections and
          ([.ops[].connections] | all(. > 0))'
-expect "the license classes add up to the connections" "$S" '([.license[]] | add) == .connections'
-expect "succeeded = new + reattached sessions, both seen" "$S" \
+tsagent_expect "the license classes add up to the connections" "$S" '([.license[]] | add) == .connections'
+tsagent_expect "succeeded = new + reattached sessions, both seen" "$S" \
         '.sessions.new + .sessions.reattached == .succeeded and .sessions.new > 0 and .sessions.reattached > 0'
 
 # ---- the farm agrees ------------------------------------------------------------------------
 started=$(count_in_logs "session [0-9]+ started \(shell pid")
 reattached=$(count_in_logs "session [0-9]+ reattached \(shell pid")
 redirected=$(count_in_logs ": redirecting ")
-expect "the tshosts started $started sessions and reattached $reattached: the summary's new and reattached" \
+tsagent_expect "the tshosts started $started sessions and reattached $reattached: the summary's new and reattached" \
         "$S" ".sessions.new == $started and .sessions.reattached == $reattached"
-expect "the tshosts redirected $redirected times: the redirects the summary followed" "$S" ".redirects == $redirected"
+tsagent_expect "the tshosts redirected $redirected times: the redirects the summary followed" "$S" ".redirects == $redirected"
 
 # ---- licenses -------------------------------------------------------------------------------
 issued=$( {
@@ -111,11 +102,11 @@ for d in "$SF_DIR"/load/*/; do
         [[ -n $kind ]] && stores_token=$((stores_token + 1))
         [[ $kind == device-cal ]] && stores_cal=$((stores_cal + 1))
 done
-expect "temporary tokens: $temporaries issued = the summary's = $stores_token device stores holding a token" "$S" \
+tsagent_expect "temporary tokens: $temporaries issued = the summary's = $stores_token device stores holding a token" "$S" \
         ".license.temporary == $temporaries and $temporaries == $stores_token"
-expect "Device CALs: $cals issued = the summary's = $stores_cal stores holding one, at most the $((SF_PACK1 + SF_PACK2)) installed" \
+tsagent_expect "Device CALs: $cals issued = the summary's = $stores_cal stores holding one, at most the $((SF_PACK1 + SF_PACK2)) installed" \
         "$S" ".license.cal == $cals and $cals == $stores_cal and $cals <= $((SF_PACK1 + SF_PACK2))"
-expect "the pools are exhausted and most devices keep a temporary token" "$S" \
+tsagent_expect "the pools are exhausted and most devices keep a temporary token" "$S" \
         ".license.cal == $((SF_PACK1 + SF_PACK2)) and .license.temporary > 2 * .license.cal"
 
 # ---- the directory ----------------------------------------------------------------------------
@@ -156,7 +147,7 @@ else
         farm_fail "every node served sessions" "${per_node%, }"
 fi
 aff=$(farm_exec node1 "$TSAGENT_BUILD/tsctl" --json host affinity 2>/dev/null || true)
-expect "node1 marks the client's address shared (many users from one address)" "$aff" \
+tsagent_expect "node1 marks the client's address shared (many users from one address)" "$aff" \
         "[.affinity[] | select(.client == \"$(farm_addr "$SF_CLIENT")\") | .flags | index(\"multi-user\")] | length == 1" \
         "$(farm_log agent-node1)"
 

@@ -89,3 +89,15 @@ tsagent_require() { # NAME TOOL... [-- BINARY...]
                 fi
         done
 }
+
+# PASS when the jq FILTER holds for JSON, else FAIL with the filter, the
+# JSON (its first 2000 bytes) and the tails of the LOG files named.
+tsagent_expect() { # NAME JSON JQ-FILTER [LOG...]
+        local name=$1 json=$2 filter=$3
+        shift 3
+        if jq -e "$filter" <<<"$json" >/dev/null 2>&1; then
+                farm_pass "$name"
+        else
+                farm_fail "$name" "$filter is false for: $(head -c 2000 <<<"${json:-nothing}")" "$@"
+        fi
+}
