@@ -500,6 +500,22 @@ static bool same_device(const struct lic_token *t, const uint8_t *hw, size_t len
         return t->hardware_id_len == len && memcmp(t->hardware_id, hw, len) == 0;
 }
 
+/* The record of token `id`, refused (with *reason) unless it exists and
+ * belongs to the device with that hardware id: what every request that
+ * presents a token starts with. */
+static int device_token_lookup(struct lic_store *s, const uint8_t *id, const uint8_t *hw, size_t len,
+                               struct lic_token *ret, const char **reason) {
+        int r = token_lookup(s, id, ret);
+
+        if (r == -ENOENT)
+                return refuse(reason, r, "unknown token");
+        if (r < 0)
+                return r;
+        if (!same_device(ret, hw, len))
+                return refuse(reason, -EPERM, "token issued to another device");
+        return 0;
+}
+
 static int audit(struct lic_store *s, usec_t now, enum lic_action a, const uint8_t *token_id,
                  const char *pack_id, const char *device, const char *user, const char *fmt, ...)
         _printf_(8, 9);
@@ -746,13 +762,9 @@ int lic_temporary_validate_user(struct lic_store *s, const uint8_t token_id[stat
                 return r;
         tx = &s->sql;
 
-        r = token_lookup(s, token_id, &t);
-        if (r == -ENOENT)
-                return refuse(reason, r, "unknown token");
+        r = device_token_lookup(s, token_id, hardware_id, hardware_id_len, &t, reason);
         if (r < 0)
                 return r;
-        if (!same_device(&t, hardware_id, hardware_id_len))
-                return refuse(reason, -EPERM, "token issued to another device");
         if (t.kind != LIC_KIND_TEMPORARY)
                 return refuse(reason, -EMEDIUMTYPE, "not a temporary token");
         /* A device that connected without saying who (no cookie) is
@@ -912,13 +924,9 @@ int lic_cal_issue(struct lic_store *s, const struct lic_device *dev, const char 
                 return r;
         tx = &s->sql;
 
-        r = token_lookup(s, presented, &p);
-        if (r == -ENOENT)
-                return refuse(reason, r, "unknown token");
+        r = device_token_lookup(s, presented, dev->hardware_id, dev->hardware_id_len, &p, reason);
         if (r < 0)
                 return r;
-        if (!same_device(&p, dev->hardware_id, dev->hardware_id_len))
-                return refuse(reason, -EPERM, "token issued to another device");
         if (p.kind == LIC_KIND_CAL && p.state == LIC_STATE_ACTIVE) {
                 r = renew_locked(s, now, dev, &p, new_id, ret, reason);
                 if (r < 0)
@@ -971,13 +979,9 @@ int lic_cal_renew(struct lic_store *s, const struct lic_device *dev,
                 return r;
         tx = &s->sql;
 
-        r = token_lookup(s, token_id, &old);
-        if (r == -ENOENT)
-                return refuse(reason, r, "unknown token");
+        r = device_token_lookup(s, token_id, dev->hardware_id, dev->hardware_id_len, &old, reason);
         if (r < 0)
                 return r;
-        if (!same_device(&old, dev->hardware_id, dev->hardware_id_len))
-                return refuse(reason, -EPERM, "token issued to another device");
         if (old.kind != LIC_KIND_CAL)
                 return refuse(reason, -EMEDIUMTYPE, "not a Device CAL");
         if (old.state != LIC_STATE_ACTIVE)
