@@ -56,6 +56,7 @@
 #include "tsfarm/macro.h"
 #include "tsfarm/maps.h"
 #include "tsfarm/userkey.h"
+#include "tests/bench/benchutil.h"
 
 /* Events per transaction when loading: one fsync each. */
 #define LOAD_BATCH 10000u
@@ -65,25 +66,7 @@
 #define ANSWER_MAX 1024
 #define CALL_TIMEOUT_MS 10000L
 
-static const char *prog = "dir_bench";
-
-_printf_(1, 2) static void die(const char *fmt, ...) {
-        va_list ap;
-
-        fprintf(stderr, "%s: ", prog);
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fputc('\n', stderr);
-        exit(1);
-}
-
-static double now_s(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+const char *prog = "dir_bench";
 
 static double cpu_s(void) {
         struct rusage ru;
@@ -168,17 +151,6 @@ static void usage_end(struct usage *u, long server_pid) {
         u->other_pct = MAX(0.0, 100.0 * (busy - u->cpu - u->server_cpu) / u->wall);
 }
 
-static unsigned long parse_ulong(const char *s, const char *what) {
-        char *end;
-        unsigned long v;
-
-        errno = 0;
-        v = strtoul(s, &end, 10);
-        if (!*s || *end || errno != 0 || s[0] == '-')
-                die("%s: '%s' is not a number", what, s);
-        return v;
-}
-
 static double parse_double(const char *s, const char *what) {
         char *end;
         double v;
@@ -188,22 +160,6 @@ static double parse_double(const char *s, const char *what) {
         if (!*s || *end || errno != 0 || !(v >= 0))
                 die("%s: '%s' is not a non-negative number", what, s);
         return v;
-}
-
-static int cmp_double(const void *a, const void *b) {
-        double x = *(const double *)a, y = *(const double *)b;
-
-        return x < y ? -1 : x > y;
-}
-
-/* The nearest-rank percentile of sorted v[0..n), in ms; 0 when empty. */
-static double pct_ms(const double *v, size_t n, double p) {
-        size_t i;
-
-        if (n == 0)
-                return 0;
-        i = (size_t)ceil(p * (double)n);
-        return v[i > 0 ? i - 1 : 0] * 1e3;
 }
 
 /* ---- users ------------------------------------------------------------ */

@@ -76,6 +76,7 @@
 #include "tsfarm/hex.h"
 #include "tsfarm/log.h"
 #include "tsfarm/macro.h"
+#include "tests/bench/benchutil.h"
 
 #define HWID_SIZE 32 /* bytes; hex in JSON */
 #define CALL_TIMEOUT (10 * USEC_PER_SEC)
@@ -83,59 +84,14 @@
 #define LOAD_BATCH 10000u /* store operations per transaction when loading */
 #define MAX_PIDS 4
 
-static const char *prog = "lic_bench";
-
-__attribute__((noreturn)) _printf_(1, 2) static void die(const char *fmt, ...) {
-        va_list ap;
-
-        fprintf(stderr, "%s: ", prog);
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fputc('\n', stderr);
-        exit(1);
-}
-
-static double now_s(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static unsigned long parse_ulong(const char *s, const char *what) {
-        char *end;
-        unsigned long v;
-
-        errno = 0;
-        v = strtoul(s, &end, 10);
-        if (!*s || *end || errno != 0 || s[0] == '-')
-                die("%s: '%s' is not a number", what, s);
-        return v;
-}
-
-static int cmp_double(const void *a, const void *b) {
-        double x = *(const double *)a, y = *(const double *)b;
-
-        return x < y ? -1 : x > y;
-}
-
-/* The nearest-rank percentile of sorted v[0..n), in ms; 0 when empty. */
-static double pct_ms(const double *v, size_t n, double p) {
-        size_t i;
-
-        if (n == 0)
-                return 0;
-        i = (size_t)ceil(p * (double)n);
-        return v[i > 0 ? i - 1 : 0] * 1e3;
-}
+const char *prog = "lic_bench";
 
 /* ---- what the processes and the machine used ------------------------------ */
 
 struct proc_use {
         char name[16];
         long pid;
-        double cpu;               /* s, user + system */
+        double cpu;                /* s, user + system */
         unsigned long long wbytes; /* /proc/PID/io write_bytes */
 };
 
@@ -535,9 +491,9 @@ static int cmd_run(int argc, char **argv) {
         if (k < 0)
                 die("sd_event_new: %s", strerror(-k));
         k = tsf_api_client_new(&(struct tsf_api_client_config){.ca_file = argv[3],
-                                                                .cert_file = argv[4],
-                                                                .key_file = argv[5],
-                                                                .timeout = CALL_TIMEOUT},
+                                                               .cert_file = argv[4],
+                                                               .key_file = argv[5],
+                                                               .timeout = CALL_TIMEOUT},
                                &client);
         if (k >= 0)
                 k = tsf_api_client_attach_event(client, event);
@@ -687,7 +643,8 @@ static int cmd_load(int argc, char **argv) {
                 store_check(lic_temporary_issue(s, &dev, NULL, NULL, &temp), "temporary", NULL);
                 store_check(lic_temporary_validate(s, temp.token_id, hw, sizeof(hw), &reason), "validate",
                             reason);
-                store_check(lic_cal_issue(s, &dev, "2025", temp.token_id, NULL, &cal, &reason), "cal", reason);
+                store_check(lic_cal_issue(s, &dev, "2025", temp.token_id, NULL, &cal, &reason), "cal",
+                            reason);
                 ops += 3;
                 if (ops - committed >= LOAD_BATCH && i + 1 < devices) {
                         store_check(lic_store_batch_commit(s), "commit", NULL);
