@@ -362,26 +362,7 @@ read -r nd_status nd_s _ <<<"$nodes_get"
 read -r pg_status pg_s pg_bytes <<<"$page_get"
 {
         echo
-        awk -v reps="$REPS" -v rate="$RATE" -v low="$LOW_RATE" -v sessions="$SESSIONS" '
-        function median(key,    n, i, j, t, v) {
-                n = cnt[key]
-                if (!n) return ""
-                for (i = 1; i <= n; i++) v[i] = val[key, i]
-                for (i = 2; i <= n; i++)
-                        for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-                return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-        }
-        function spread(key, f,    n, i, lo, hi) {
-                n = cnt[key]
-                if (!n) return "-"
-                lo = hi = val[key, 1]
-                for (i = 2; i <= n; i++) {
-                        if (val[key, i] < lo) lo = val[key, i]
-                        if (val[key, i] > hi) hi = val[key, i]
-                }
-                return sprintf(f "-" f, lo, hi)
-        }
-        function m(key, f,    x) { x = median(key); return x == "" ? "-" : sprintf(f, x) }
+        awk -v reps="$REPS" -v rate="$RATE" -v low="$LOW_RATE" -v sessions="$SESSIONS" "$(<"$here/stats.awk")"'
         function q(r, k) { return "query" SUBSEP r SUBSEP k }
         function ratio(a, b,    x, y) { x = median(a); y = median(b); return (x == "" || y == "" || y == 0) ? "-" : sprintf("%.2f", x / y) }
         {

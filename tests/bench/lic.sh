@@ -351,26 +351,7 @@ mem_reading after
 {
         echo
         awk -v reps="$REPS" -v n1="$N1" -v n8="$N8" -v warm="$WARM_N" -v bulk="$BULK" \
-                -v rss_one="$rss_one" -v rss_a="$rss_a" -v rss_b="$rss_b" -v strace="$have_strace" '
-        function median(key,    n, i, j, t, v) {
-                n = cnt[key]
-                if (!n) return ""
-                for (i = 1; i <= n; i++) v[i] = val[key, i]
-                for (i = 2; i <= n; i++)
-                        for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-                return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-        }
-        function spread(key, f,    n, i, lo, hi) {
-                n = cnt[key]
-                if (!n) return "-"
-                lo = hi = val[key, 1]
-                for (i = 2; i <= n; i++) {
-                        if (val[key, i] < lo) lo = val[key, i]
-                        if (val[key, i] > hi) hi = val[key, i]
-                }
-                return sprintf(f "-" f, lo, hi)
-        }
-        function m(key, f,    x) { x = median(key); return x == "" ? "-" : sprintf(f, x) }
+                -v rss_one="$rss_one" -v rss_a="$rss_a" -v rss_b="$rss_b" -v strace="$have_strace" "$(<"$here/stats.awk")"'
         function k(s, c, p, f) { return s SUBSEP c SUBSEP p SUBSEP f }
         function ratio(a, b,    x, y) { x = median(a); y = median(b); return (x == "" || y == "" || y == 0) ? "-" : sprintf("%.2f", x / y) }
         function mib(kib) { return sprintf("%.1f", kib / 1024) }

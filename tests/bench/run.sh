@@ -213,25 +213,7 @@ farm_alive "$haproxy_pid" || echo "bench: WARNING: haproxy died during the run" 
         echo
         awk -v names="${names[*]}" -v reps="$REPS" \
                 -v l_direct="${label[direct]}" -v l_fastpath="${label[fastpath]}" \
-                -v l_gateway="${label[gateway]}" -v l_haproxy="${label[haproxy]}" '
-        function median(key,    n, i, j, t, v) {
-                n = cnt[key]
-                if (!n) return ""
-                for (i = 1; i <= n; i++) v[i] = val[key, i]
-                for (i = 2; i <= n; i++)
-                        for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-                return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-        }
-        function spread(key, f,    n, i, lo, hi) {
-                n = cnt[key]
-                if (!n) return "-"
-                lo = hi = val[key, 1]
-                for (i = 2; i <= n; i++) {
-                        if (val[key, i] < lo) lo = val[key, i]
-                        if (val[key, i] > hi) hi = val[key, i]
-                }
-                return sprintf(f "-" f, lo, hi)
-        }
+                -v l_gateway="${label[gateway]}" -v l_haproxy="${label[haproxy]}" "$(<"$here/stats.awk")"'
         function fmt(x, f) { return x == "" ? "-" : sprintf(f, x) }
         function ratio(a, b) { return (a == "" || b == "" || b == 0) ? "-" : sprintf("%.2f", a / b) }
         function verdict(r, higher_is_better, tol) {
